@@ -1,0 +1,1 @@
+"""Shared code of the speech-recognition fleet: audio, engines, fleet control, batch client."""

@@ -1,0 +1,125 @@
+"""Stage 1 of the pipeline: any common audio or video file -> 16 kHz mono float32 samples.
+
+Decoding is done by FFmpeg through PyAV (its wheels bundle FFmpeg, so there is no system
+dependency). Everything a user can get wrong with a file ends here as a `BadAudio`, `TooLarge` or
+`NoSpeech` with a sentence a person can act on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from asrfleet.errors import BadAudio, NoSpeech, TooLarge
+from asrfleet.sizes import format_size
+
+SAMPLE_RATE = 16000
+
+# A decoded stream this much shorter than its header says was cut off (an interrupted upload or
+# copy). The slack absorbs containers whose declared duration is only an estimate.
+_TRUNCATION_TOLERANCE = 0.9
+_TRUNCATION_SLACK_S = 0.5
+# Below this peak amplitude (about -80 dBFS) a recording is digital silence.
+_SILENCE_PEAK = 1e-4
+
+
+@dataclass(frozen=True)
+class AudioLimits:
+    max_bytes: int
+    max_duration_s: float
+
+
+def check_file_size(path: str | Path, max_bytes: int) -> int:
+    """The file's size in bytes; `TooLarge` over the limit, `BadAudio` when empty or missing."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as err:
+        raise BadAudio("the uploaded file could not be read") from err
+    if size == 0:
+        raise BadAudio("the file is empty")
+    if size > max_bytes:
+        raise TooLarge(f"the file is {format_size(size)}; the limit is {format_size(max_bytes)}")
+    return size
+
+
+def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
+    """Decode the first audio stream of `path`, resampled to 16 kHz mono float32 in [-1, 1]."""
+    check_file_size(path, limits.max_bytes)
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            return _decode_container(container, limits)
+    except av.FFmpegError as err:
+        raise BadAudio(
+            "this file could not be decoded as audio: it is not a recording or it is damaged"
+        ) from err
+    except (UnicodeDecodeError, ValueError, IndexError) as err:
+        raise BadAudio("this file could not be decoded as audio") from err
+
+
+def _decode_container(container: av.container.InputContainer, limits: AudioLimits) -> np.ndarray:
+    if not container.streams.audio:
+        raise BadAudio("the file has no audio track")
+    stream = container.streams.audio[0]
+    declared = _declared_duration(container, stream)
+    if declared is not None and declared > limits.max_duration_s:
+        raise TooLarge(_too_long_message(declared, limits.max_duration_s))
+
+    max_samples = int(limits.max_duration_s * SAMPLE_RATE)
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+    chunks: list[np.ndarray] = []
+    total = 0
+    for frame in container.decode(stream):
+        for out in resampler.resample(frame):
+            chunk = out.to_ndarray().reshape(-1)
+            chunks.append(chunk)
+            total += chunk.size
+        if total > max_samples:
+            raise TooLarge(_too_long_message(total / SAMPLE_RATE, limits.max_duration_s))
+    for out in resampler.resample(None):
+        chunks.append(out.to_ndarray().reshape(-1))
+
+    samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    _check_complete(samples, declared)
+    return samples
+
+
+def _declared_duration(container: av.container.InputContainer, stream: av.audio.AudioStream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:
+        return container.duration / av.time_base
+    return None
+
+
+def _check_complete(samples: np.ndarray, declared: float | None) -> None:
+    if samples.size == 0:
+        raise BadAudio("the file holds no audio samples: it is empty or truncated")
+    decoded = samples.size / SAMPLE_RATE
+    if declared is not None and decoded < declared * _TRUNCATION_TOLERANCE - _TRUNCATION_SLACK_S:
+        raise BadAudio(
+            f"the file is truncated: its header announces {declared:.1f} s of audio "
+            f"but only {decoded:.1f} s could be read"
+        )
+
+
+def _too_long_message(seconds: float, limit: float) -> str:
+    return f"the recording is {_clock(seconds)} long; the limit is {_clock(limit)}"
+
+
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def check_not_silent(samples: np.ndarray) -> None:
+    """`NoSpeech` for digital silence, before any model time is spent on it."""
+    if samples.size == 0 or float(np.max(np.abs(samples))) < _SILENCE_PEAK:
+        raise NoSpeech("no speech was found: the recording is silent")
+
+
+def duration_s(samples: np.ndarray) -> float:
+    return samples.size / SAMPLE_RATE

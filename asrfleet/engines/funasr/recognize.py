@@ -1,0 +1,121 @@
+"""Stage 3: one batched Paraformer forward pass, from features to text and token timestamps.
+
+FunASR's own `Paraformer.inference` does the same, with two differences that matter when segments
+of different lengths share a batch:
+  * the encoder leaves garbage in padded frames, and the CIF predictor reads one frame past each
+    sequence (its tail), so a padded segment's last token depended on its batch neighbours. Here
+    padded frames are zeroed: every segment gets exactly what it gets alone.
+  * the BiCif timestamp head runs a bidirectional LSTM; its backward direction started in the
+    padding. Here the LSTM runs on packed sequences.
+With both, batching changes no transcript (tested against `AutoModel.generate`).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SegmentText:
+    text: str
+    timestamps: list[list[int]]  # [[start_ms, end_ms], ...] per token, relative to the segment
+
+
+EMPTY = SegmentText("", [])
+
+
+class Recognizer:
+    """Runs a FunASR Paraformer-family model (`Paraformer`, `BiCifParaformer`) on feature batches."""
+
+    def __init__(self, model: torch.nn.Module, tokenizer: object, device: str, fp16: bool = False) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device)
+        self.fp16 = fp16 and self.device.type == "cuda"
+        self.timestamps = hasattr(model, "calc_predictor_timestamp")
+        if self.fp16:
+            # Half weights for the encoder and decoder, where the time goes. The CIF predictor
+            # stays in float32: its integrate-and-fire sums and thresholds need the precision
+            # (FunASR's own fp16=True fails inside it).
+            model.encoder.half()
+            model.decoder.half()
+
+    @torch.inference_mode()
+    def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
+        speech, lengths = self._pad(feats)
+        encoder_out, encoder_lens = self.model.encode(speech, lengths)
+        if isinstance(encoder_out, tuple):
+            encoder_out = encoder_out[0]
+        encoder_out = encoder_out.float() * _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
+        embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
+        token_lens = token_num.round().long()
+        if int(token_lens.max()) < 1:
+            return [EMPTY] * len(feats)
+        decoder_in = encoder_out.half() if self.fp16 else encoder_out
+        embeds = embeds.half() if self.fp16 else embeds
+        scores, _ = self.model.cal_decoder_with_predictor(decoder_in, encoder_lens, embeds, token_lens)
+        tokens = scores.argmax(dim=-1).cpu()
+        stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
+        return [self._decode(i, tokens[i, : token_lens[i]].tolist(), encoder_lens, stamps)
+                for i in range(len(feats))]
+
+    def _pad(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        lengths = [f.shape[0] for f in feats]
+        batch = np.zeros((len(feats), max(lengths), feats[0].shape[1]), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+        speech = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        if self.fp16:
+            speech = speech.half()
+        return speech, torch.tensor(lengths, dtype=torch.int32, device=self.device)
+
+    def _timestamp_peaks(
+        self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor, token_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """BiCifParaformer's upsampled alphas and CIF peaks, with the BLSTM on packed sequences."""
+        from funasr.models.bicif_paraformer.cif_predictor import cif_wo_hidden
+
+        p = self.model.predictor
+        upsampled = p.upsample_cnn(encoder_out.transpose(1, 2)).transpose(1, 2)
+        up_lens = encoder_lens * p.upsample_times
+        if p.upsample_type == "cnn_blstm":
+            packed = pack_padded_sequence(upsampled, up_lens.cpu(), batch_first=True, enforce_sorted=False)
+            upsampled, _ = pad_packed_sequence(p.blstm(packed)[0], batch_first=True,
+                                               total_length=upsampled.size(1))
+        elif p.upsample_type != "cnn":
+            raise NotImplementedError(f"timestamp head {p.upsample_type!r}")
+        alphas = torch.sigmoid(p.cif_output2(upsampled)).squeeze(-1)
+        alphas = torch.relu(alphas * p.smooth_factor2 - p.noise_threshold2)
+        alphas = alphas * _frame_mask(up_lens, alphas.size(1))
+        alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
+        peaks = cif_wo_hidden(alphas, p.threshold - 1e-4)
+        return alphas.cpu(), peaks.cpu()
+
+    def _decode(
+        self, i: int, token_ids: list[int], encoder_lens: torch.Tensor,
+        stamps: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> SegmentText:
+        from funasr.utils import postprocess_utils
+        from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
+
+        m = self.model
+        ids = [t for t in token_ids if t not in (m.eos, m.sos, m.blank_id)]
+        tokens = self.tokenizer.ids2tokens(ids)
+        if stamps is None:
+            return SegmentText(self.tokenizer.tokens2text(tokens), [])
+        n = int(encoder_lens[i]) * m.predictor.upsample_times
+        _, timestamp = ts_prediction_lfr6_standard(stamps[0][i][:n], stamps[1][i][:n], copy.copy(tokens))
+        text, timestamps, _ = postprocess_utils.sentence_postprocess(tokens, timestamp)
+        return SegmentText(text, timestamps)
+
+
+def _frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
+    return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()

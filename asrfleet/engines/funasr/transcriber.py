@@ -1,0 +1,284 @@
+"""The Paraformer `Transcriber`: wires preparation workers, the batch scheduler and punctuation.
+
+A request's life: `transcribe()` registers a job and hands the file to a worker process
+(`pool.py`); the worker's segments and features go to the scheduler, which batches them with
+everyone else's on the GPU; when a job's last segment is back, a punctuation thread assembles the
+transcript and wakes the request thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from asrfleet.audio import AudioLimits
+from asrfleet.config import InstanceConfig
+from asrfleet.engines.base import TranscribeOptions
+from asrfleet.engines.device import available_cpus, pick_device, set_threads
+from asrfleet.engines.funasr.pool import Done, Failed, Message, PreparePool, Retrying
+from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
+from asrfleet.engines.funasr.punctuate import Punctuator
+from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
+from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget
+from asrfleet.errors import AsrError, BadRequest, Busy, NotReady
+from asrfleet.hub import ModelRequest, resolve
+from asrfleet.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+_LFR_FRAMES_PER_S = 1000 / 60  # Paraformer's encoder frame rate: 10 ms frames, LFR stride 6
+_GPU_MEMORY_SHARE = 0.5  # of the memory free at startup, for batches; the rest is headroom
+
+
+@dataclass
+class _Job:
+    job_id: str
+    path: Path
+    future: Future = field(default_factory=Future)
+    attempt: int = 0
+    duration: float = 0.0
+    segments: list[tuple[int, int]] = field(default_factory=list)
+    results: dict[int, SegmentText] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def key(self) -> str:
+        """The scheduler's name for this attempt: results of an abandoned attempt are ignored."""
+        return f"{self.job_id}#{self.attempt}"
+
+
+class FunasrTranscriber:
+    def __init__(self, config: InstanceConfig) -> None:
+        self.config = config
+        self.model_name = Path(config.model).name or config.model
+        self.device = "cpu"
+        self._jobs: dict[str, _Job] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._pool: PreparePool | None = None
+        self._scheduler: BatchScheduler | None = None
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
+        self._punctuator = Punctuator()
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        from funasr import AutoModel
+
+        cfg = self.config
+        asr_dir, vad_dir, punc_dir = self._model_dirs()
+        self.device = pick_device(cfg.device)
+        threads = set_threads(cfg.threads, self.device)
+        model, kwargs = AutoModel.build_model(
+            model=str(asr_dir), device=self.device, ncpu=threads, disable_update=True, disable_log=True
+        )
+        recognizer = Recognizer(model, kwargs["tokenizer"], self.device, fp16=cfg.fp16)
+        if punc_dir is not None:
+            punc_model, punc_kwargs = AutoModel.build_model(
+                model=str(punc_dir), device=self.device, ncpu=threads, disable_update=True, disable_log=True
+            )
+            self._punctuator = Punctuator(punc_model, punc_kwargs)
+        budget = measure_budget(recognizer, cfg.batch_size_s, self.device)
+        self._scheduler = BatchScheduler(recognizer, budget, self._on_results, self._on_batch_error)
+        self._warm_up(recognizer)
+        self._scheduler.start()
+        settings = PrepareSettings(
+            asr_dir=str(asr_dir), vad_dir=str(vad_dir),
+            limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
+        )
+        self._pool = PreparePool(settings, self._worker_count(), self._on_message)
+        self._pool.wait_ready()
+        self._ready.set()
+        log.info("ready: %s on %s, %d audio workers, batches of up to %d padded frames",
+                 self.model_name, self.device, self._pool.size, budget.max_frames)
+
+    def _model_dirs(self) -> tuple[Path, Path, Path | None]:
+        cfg = self.config
+        if cfg.vad_model is None:
+            raise ValueError("the paraformer engine needs a VAD model (--vad-model)")
+
+        def get(name: str, option: str) -> Path:
+            return resolve(ModelRequest(name, "funasr", option), cfg.hub, cfg.model_cache)
+
+        punc = get(cfg.punc_model, "--punc-model") if cfg.punc_model else None
+        return get(cfg.model, "--model"), get(cfg.vad_model, "--vad-model"), punc
+
+    def _worker_count(self) -> int:
+        if self.config.workers:
+            return self.config.workers
+        if self.device == "cpu":
+            return 1  # the model itself needs the CPUs
+        return max(1, min(12, available_cpus() - 2))
+
+    def _warm_up(self, recognizer: Recognizer) -> None:
+        """One inference before we say ready: CUDA kernels load, allocator pools fill."""
+        rng = np.random.default_rng(0)
+        feats = [rng.standard_normal((n, 560), dtype=np.float32) for n in (40, 90)]
+        results = recognizer(feats)
+        text = next((r.text for r in results if r.text.strip()), "")
+        if text and self._punctuator.model is not None:
+            self._punctuator.assemble([SegmentText(text, [])], [(0, 1000)])
+
+    # -- requests --------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
+        if not self.ready or self._pool is None:
+            raise NotReady("the model is still loading; try again in a moment")
+        if not Path(path).is_file():
+            raise BadRequest("the uploaded file is missing")
+        job = _Job(job_id=uuid.uuid4().hex, path=Path(path))
+        with self._lock:
+            if len(self._jobs) >= self.config.max_queue:
+                raise Busy(f"the instance is busy ({len(self._jobs)} requests in flight); retry shortly")
+            self._jobs[job.job_id] = job
+        try:
+            self._pool.submit(job.job_id, job.path)
+            return job.future.result()
+        finally:
+            with self._lock:
+                self._jobs.pop(job.job_id, None)
+            self._pool.forget(job.job_id)
+            if self._scheduler is not None:
+                self._scheduler.cancel(job.key)
+
+    def _job(self, job_id: str) -> _Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def _on_message(self, job_id: str, message: Message) -> None:
+        """From the worker pool's reader thread."""
+        job = self._job(job_id)
+        if job is None or job.future.done():
+            return
+        if isinstance(message, Segmented):
+            job.duration, job.segments, job.results = message.duration, message.segments, {}
+        elif isinstance(message, Features):
+            items = [(message.first_index + i, f) for i, f in enumerate(message.feats)]
+            self._scheduler.add(job.key, job.duration, items)
+        elif isinstance(message, Failed):
+            job.future.set_exception(message.error)
+        elif isinstance(message, Retrying):
+            self._scheduler.cancel(job.key)
+            job.attempt += 1
+        elif not isinstance(message, Done):
+            log.error("unexpected worker message %r", message)
+
+    def _on_results(self, key: str, items: list[tuple[int, SegmentText]]) -> None:
+        """From the scheduler thread."""
+        job = self._job(key.split("#")[0])
+        if job is None or job.key != key or job.future.done():
+            return
+        job.results.update(items)
+        if job.segments and len(job.results) == len(job.segments):
+            self._finisher.submit(self._finish, job)
+
+    def _on_batch_error(self, key: str, err: BaseException) -> None:
+        job = self._job(key.split("#")[0])
+        if job is not None and not job.future.done():
+            job.future.set_exception(AsrError("recognition failed on the server; the error is logged"))
+
+    def _finish(self, job: _Job) -> None:
+        try:
+            results = [job.results[i] for i in range(len(job.segments))]
+            assembled = self._punctuator.assemble(results, job.segments)
+            transcript = Transcript(
+                text=assembled.text,
+                sentences=assembled.sentences,
+                duration=job.duration,
+                language="zh",
+                model=self.model_name,
+                timings={"total_s": time.perf_counter() - job.started},
+            )
+        except AsrError as err:
+            job.future.set_exception(err)
+        except Exception:
+            log.exception("assembling the transcript of job %s failed", job.job_id)
+            job.future.set_exception(AsrError("assembling the transcript failed; the error is logged"))
+        else:
+            job.future.set_result(transcript)
+
+    # -- the rest --------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        s = self._scheduler.stats if self._scheduler else None
+        out: dict[str, object] = {
+            "in_flight": len(self._jobs),
+            "device": self.device,
+            "workers": self._pool.size if self._pool else 0,
+        }
+        if s is not None and self._scheduler is not None:
+            out.update(
+                batches=s.batches,
+                segments=s.segments,
+                mean_batch=round(s.segments / s.batches, 2) if s.batches else 0.0,
+                padding_efficiency=round(s.real_frames / s.padded_frames, 3) if s.padded_frames else 1.0,
+                gpu_busy_s=round(s.busy_s, 3),
+                pending_segments=self._scheduler.pending(),
+                batch_budget_frames=self._scheduler.budget.max_frames,
+                oom_splits=s.oom_splits,
+            )
+        out.update(gpu_memory(self.device))
+        return out
+
+    def close(self) -> None:
+        self._ready.clear()
+        if self._pool is not None:
+            self._pool.close()
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        with self._lock:
+            jobs = list(self._jobs.values())
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(Busy("the instance is shutting down; retry on another"))
+        self._finisher.shutdown(wait=False)
+
+
+def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str) -> Budget:
+    """Padded frames per batch: `--batch-size-s`, lowered to what half the free GPU memory holds.
+
+    Memory is measured, not guessed: a probe batch runs and the peak it adds per padded frame
+    scales the budget.
+    """
+    frames = int(batch_size_s * _LFR_FRAMES_PER_S)
+    if not device.startswith("cuda"):
+        return Budget(max_frames=frames)
+    import torch
+
+    probe_items, probe_len = 8, max(50, min(frames // 8, 1000))
+    rng = np.random.default_rng(0)
+    feats = [rng.standard_normal((probe_len, 560), dtype=np.float32) for _ in range(probe_items)]
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    recognizer(feats)
+    torch.cuda.synchronize()
+    per_frame = max(1.0, (torch.cuda.max_memory_allocated() - base) / (probe_items * probe_len))
+    free, _ = torch.cuda.mem_get_info()
+    fits = int(free * _GPU_MEMORY_SHARE / per_frame)
+    log.info("GPU memory: %.0f bytes per padded frame, %.1f GiB free; batches up to %d frames",
+             per_frame, free / 2**30, min(frames, fits))
+    return Budget(max_frames=max(probe_len, min(frames, fits)))
+
+
+def gpu_memory(device: str) -> dict[str, object]:
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {
+        "gpu_peak_allocated_bytes": torch.cuda.max_memory_allocated(),
+        "gpu_peak_reserved_bytes": torch.cuda.max_memory_reserved(),
+        "gpu_allocated_bytes": torch.cuda.memory_allocated(),
+    }
