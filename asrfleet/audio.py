@@ -8,6 +8,7 @@ dependency). Everything a user can get wrong with a file ends here as a `BadAudi
 from __future__ import annotations
 
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def check_file_size(path: str | Path, max_bytes: int) -> int:
 def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
     """Decode the first audio stream of `path`, resampled to 16 kHz mono float32 in [-1, 1]."""
     check_file_size(path, limits.max_bytes)
+    _check_wav_complete(path)
     try:
         with av.open(str(path), metadata_errors="ignore") as container:
             return _decode_container(container, limits)
@@ -104,6 +106,33 @@ def _check_complete(samples: np.ndarray, declared: float | None) -> None:
             f"the file is truncated: its header announces {declared:.1f} s of audio "
             f"but only {decoded:.1f} s could be read"
         )
+
+
+def _check_wav_complete(path: str | Path) -> None:
+    """A WAV whose data chunk announces more bytes than the file holds was cut off.
+
+    FFmpeg quietly decodes what is there and reports the shorter duration, so this is checked on
+    the RIFF header itself. Writers that stream (size 0 or 0xFFFFFFFF) announce nothing and pass.
+    """
+    with open(path, "rb") as f:
+        header = f.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        size = os.fstat(f.fileno()).st_size
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return
+            chunk_id, chunk_size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+            if chunk_id == b"data":
+                missing = f.tell() + chunk_size - size
+                if 0 < chunk_size < 0xFFFFFFFF and missing > 0:
+                    raise BadAudio(
+                        f"the file is truncated: its header announces {chunk_size} bytes of audio "
+                        f"but {missing} of them are missing"
+                    )
+                return
+            f.seek(chunk_size + (chunk_size & 1), os.SEEK_CUR)
 
 
 def _too_long_message(seconds: float, limit: float) -> str:

@@ -140,13 +140,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-cache", default=None, help="where hub downloads are kept")
     p.add_argument("--device", choices=DEVICES, default=d.device)
     p.add_argument("--fp16", action="store_true", help="half precision on the GPU")
-    p.add_argument("--batch-size-s", type=int, default=d.batch_size_s,
-                   help="padded audio seconds per GPU batch (upper bound; GPU memory may lower it)")
+    p.add_argument(
+        "--batch-size-s",
+        type=int,
+        default=d.batch_size_s,
+        help="padded audio seconds per GPU batch (upper bound; GPU memory may lower it)",
+    )
     p.add_argument("--max-file-size", default=str(d.max_file_size), help="upload limit, e.g. 500m or 1g")
     p.add_argument("--max-duration", type=float, default=d.max_duration_s, help="longest recording, seconds")
     p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests in flight before 503")
-    p.add_argument("--workers", type=int, default=d.workers,
-                   help="audio decoding/VAD processes (0: choose from the CPU count)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="audio decoding/VAD processes (0: choose from the CPU count)",
+    )
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     p.add_argument("--temp-dir", default=None, help="this instance's own temp directory")
     p.add_argument("--root-path", default=d.root_path, help="public sub-path when served under a prefix")

@@ -126,14 +126,19 @@ def _write_cmvn(path: Path, dim: int) -> None:
     )
 
 
-def _save_model(model_class_name: str, config: dict, vocab: list[str], out: Path, seed: int) -> None:
+def _build(model_class_name: str, config: dict, vocab: list[str], seed: int):
     import torch
     from funasr.register import tables
 
     torch.manual_seed(seed)
     model_class = tables.model_classes.get(model_class_name)
     kwargs = {**config.get("model_conf", {}), **config, "vocab_size": len(vocab), "input_size": 560}
-    model = model_class(**kwargs)
+    return model_class(**kwargs)
+
+
+def _save(model, out: Path) -> None:
+    import torch
+
     torch.save(model.state_dict(), out / "model.pt")
 
 
@@ -149,7 +154,7 @@ def build_paraformer(out: Path | str, size: str = "tiny", seed: int = 0) -> Path
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     (out / "tokens.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     _write_cmvn(out / "am.mvn", 560)
-    _save_model("BiCifParaformer", config, vocab, out, seed)
+    _save(_build("BiCifParaformer", config, vocab, seed), out)
     return out
 
 
@@ -195,7 +200,13 @@ def build_ct_punc(out: Path | str, vocab_size: int = 600, seed: int = 0) -> Path
     text = yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
     (out / "config.yaml").write_text(text, encoding="utf-8")
     (out / "tokens.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    _save_model("CTTransformer", config, vocab, out, seed)
+    model = _build("CTTransformer", config, vocab, seed)
+    import torch
+
+    with torch.no_grad():
+        # Class 0 is "<unk>", which a trained model never predicts; random weights would.
+        model.decoder.bias[0] = -1e4
+    _save(model, out)
     return out
 
 

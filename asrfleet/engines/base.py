@@ -20,6 +20,14 @@ class TranscribeOptions:
     language: str | None = None  # a hint; engines that detect the language may ignore it
 
 
+def display_name(model: str) -> str:
+    """A model's name for people: the hub id, or a local directory's last two path parts."""
+    path = Path(model)
+    if not path.is_absolute() and not model.startswith("."):
+        return model
+    return "/".join(path.parts[-2:])
+
+
 class Transcriber(Protocol):
     """The one interface between the web app and a speech-recognition engine."""
 

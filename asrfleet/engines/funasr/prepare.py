@@ -58,8 +58,12 @@ class Preparer:
         torch.set_num_threads(settings.threads)
         self.settings = settings
         self.vad = AutoModel(
-            model=settings.vad_dir, device="cpu", ncpu=settings.threads,
-            disable_update=True, disable_pbar=True, disable_log=True,
+            model=settings.vad_dir,
+            device="cpu",
+            ncpu=settings.threads,
+            disable_update=True,
+            disable_pbar=True,
+            disable_log=True,
         )
         self.frontend = build_frontend(settings.asr_dir)
 

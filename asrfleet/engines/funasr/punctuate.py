@@ -37,14 +37,19 @@ class Punctuator:
         from funasr.utils.timestamp_tools import timestamp_sentence
 
         texts = [r.text for r in results]
-        timestamps = [[s + start, e + start] for r, (start, _) in zip(results, segments, strict=True)
-                      for s, e in r.timestamps]
+        timestamps = [
+            [s + start, e + start]
+            for r, (start, _) in zip(results, segments, strict=True)
+            for s, e in r.timestamps
+        ]
         raw_text = " ".join(texts)
         if not raw_text.strip():
             raise NoSpeech("no speech was recognised in the recording")
         if self.model is None:
-            restored = [{"text": r.text, "timestamp": [[s + start, e + start] for s, e in r.timestamps]}
-                        for r, (start, _) in zip(results, segments, strict=True)]
+            restored = [
+                {"text": r.text, "timestamp": [[s + start, e + start] for s, e in r.timestamps]}
+                for r, (start, _) in zip(results, segments, strict=True)
+            ]
             return Assembled(raw_text, _sentences(_vad_segment_sentences(restored, segments)))
 
         punc_input = _join_vad_texts(texts)

@@ -64,8 +64,10 @@ class Recognizer:
         scores, _ = self.model.cal_decoder_with_predictor(decoder_in, encoder_lens, embeds, token_lens)
         tokens = scores.argmax(dim=-1).cpu()
         stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
-        return [self._decode(i, tokens[i, : token_lens[i]].tolist(), encoder_lens, stamps)
-                for i in range(len(feats))]
+        return [
+            self._decode(i, tokens[i, : token_lens[i]].tolist(), encoder_lens, stamps)
+            for i in range(len(feats))
+        ]
 
     def _pad(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [f.shape[0] for f in feats]
@@ -88,8 +90,9 @@ class Recognizer:
         up_lens = encoder_lens * p.upsample_times
         if p.upsample_type == "cnn_blstm":
             packed = pack_padded_sequence(upsampled, up_lens.cpu(), batch_first=True, enforce_sorted=False)
-            upsampled, _ = pad_packed_sequence(p.blstm(packed)[0], batch_first=True,
-                                               total_length=upsampled.size(1))
+            upsampled, _ = pad_packed_sequence(
+                p.blstm(packed)[0], batch_first=True, total_length=upsampled.size(1)
+            )
         elif p.upsample_type != "cnn":
             raise NotImplementedError(f"timestamp head {p.upsample_type!r}")
         alphas = torch.sigmoid(p.cif_output2(upsampled)).squeeze(-1)
@@ -100,7 +103,10 @@ class Recognizer:
         return alphas.cpu(), peaks.cpu()
 
     def _decode(
-        self, i: int, token_ids: list[int], encoder_lens: torch.Tensor,
+        self,
+        i: int,
+        token_ids: list[int],
+        encoder_lens: torch.Tensor,
         stamps: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> SegmentText:
         from funasr.utils import postprocess_utils

@@ -151,8 +151,11 @@ class BatchScheduler:
         self.stats.oom_splits += 1
         longest = max(s.frames for s in batch)
         self.budget.max_frames = max(longest, int(self.budget.max_frames * 0.75))
-        log.warning("GPU out of memory on %d segments; splitting, budget now %d frames",
-                    len(batch), self.budget.max_frames)
+        log.warning(
+            "GPU out of memory on %d segments; splitting, budget now %d frames",
+            len(batch),
+            self.budget.max_frames,
+        )
         half = len(batch) // 2
         return self._recognize_fitting(batch[:half]) + self._recognize_fitting(batch[half:])
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
-from asrfleet.engines.base import TranscribeOptions
+from asrfleet.engines.base import TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_threads
 from asrfleet.engines.funasr.pool import Done, Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
@@ -57,7 +57,7 @@ class _Job:
 class FunasrTranscriber:
     def __init__(self, config: InstanceConfig) -> None:
         self.config = config
-        self.model_name = Path(config.model).name or config.model
+        self.model_name = display_name(config.model)
         self.device = "cpu"
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
@@ -90,14 +90,20 @@ class FunasrTranscriber:
         self._warm_up(recognizer)
         self._scheduler.start()
         settings = PrepareSettings(
-            asr_dir=str(asr_dir), vad_dir=str(vad_dir),
+            asr_dir=str(asr_dir),
+            vad_dir=str(vad_dir),
             limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
         )
         self._pool = PreparePool(settings, self._worker_count(), self._on_message)
         self._pool.wait_ready()
         self._ready.set()
-        log.info("ready: %s on %s, %d audio workers, batches of up to %d padded frames",
-                 self.model_name, self.device, self._pool.size, budget.max_frames)
+        log.info(
+            "ready: %s on %s, %d audio workers, batches of up to %d padded frames",
+            self.model_name,
+            self.device,
+            self._pool.size,
+            budget.max_frames,
+        )
 
     def _model_dirs(self) -> tuple[Path, Path, Path | None]:
         cfg = self.config
@@ -267,8 +273,12 @@ def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str) -> Bu
     per_frame = max(1.0, (torch.cuda.max_memory_allocated() - base) / (probe_items * probe_len))
     free, _ = torch.cuda.mem_get_info()
     fits = int(free * _GPU_MEMORY_SHARE / per_frame)
-    log.info("GPU memory: %.0f bytes per padded frame, %.1f GiB free; batches up to %d frames",
-             per_frame, free / 2**30, min(frames, fits))
+    log.info(
+        "GPU memory: %.0f bytes per padded frame, %.1f GiB free; batches up to %d frames",
+        per_frame,
+        free / 2**30,
+        min(frames, fits),
+    )
     return Budget(max_frames=max(probe_len, min(frames, fits)))
 
 

@@ -1,0 +1,112 @@
+"""Whisper through faster-whisper (CTranslate2), INT8: the `Transcriber` for `--engine whisper`.
+
+CTranslate2 runs `workers` transcriptions at once on one model (its own threads, outside the
+GIL); further requests wait their turn. Audio is decoded by our own `audio.py`, so formats, limits
+and errors are the same as for every engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
+from asrfleet.config import InstanceConfig
+from asrfleet.engines.base import TranscribeOptions, display_name
+from asrfleet.engines.device import available_cpus, pick_device
+from asrfleet.errors import Busy, NoSpeech, NotReady
+from asrfleet.hub import ModelRequest, resolve
+from asrfleet.transcript import Sentence, Transcript
+
+log = logging.getLogger(__name__)
+
+
+class WhisperTranscriber:
+    def __init__(self, config: InstanceConfig) -> None:
+        self.config = config
+        self.model_name = display_name(config.model)
+        self.limits = AudioLimits(config.max_file_size, config.max_duration_s)
+        self.workers = config.workers or 1
+        self._model = None
+        self._slots = threading.Semaphore(self.workers)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.device = "cpu"
+
+    def load(self) -> None:
+        from faster_whisper import WhisperModel
+
+        cfg = self.config
+        model_dir = resolve(ModelRequest(cfg.model, "whisper", "--model"), cfg.hub, cfg.model_cache)
+        self.device = pick_device(cfg.device)
+        on_gpu = self.device.startswith("cuda")
+        self._model = WhisperModel(
+            str(model_dir),
+            device="cuda" if on_gpu else "cpu",
+            compute_type="int8_float16" if on_gpu else "int8",
+            cpu_threads=cfg.threads or available_cpus(),
+            num_workers=self.workers,
+        )
+        segments, _ = self._model.transcribe(_warm_up_audio(), beam_size=1)
+        list(segments)
+        self._ready.set()
+        log.info("ready: whisper %s on %s (INT8), %d at a time", self.model_name, self.device, self.workers)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
+        if not self.ready or self._model is None:
+            raise NotReady("the model is still loading; try again in a moment")
+        with self._lock:
+            if self._in_flight >= self.config.max_queue:
+                raise Busy(f"the instance is busy ({self._in_flight} requests in flight); retry shortly")
+            self._in_flight += 1
+        try:
+            samples = decode_audio(path, self.limits)
+            check_not_silent(samples)
+            with self._slots:
+                return self._recognize(samples, options)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _recognize(self, samples, options: TranscribeOptions) -> Transcript:
+        started = time.perf_counter()
+        segments, info = self._model.transcribe(
+            samples,
+            beam_size=5,
+            language=options.language,
+            initial_prompt=options.hotwords,
+            vad_filter=True,  # skips silence, where Whisper is prone to invent text
+        )
+        sentences = tuple(Sentence(round(s.start, 3), round(s.end, 3), s.text.strip()) for s in segments)
+        text = " ".join(s.text for s in sentences if s.text)
+        if not text:
+            raise NoSpeech("no speech was recognised in the recording")
+        return Transcript(
+            text=text,
+            sentences=sentences,
+            duration=samples.size / 16000,
+            language=info.language,
+            model=self.model_name,
+            timings={"total_s": time.perf_counter() - started},
+        )
+
+    def stats(self) -> dict[str, object]:
+        return {"in_flight": self._in_flight, "device": self.device, "workers": self.workers}
+
+    def close(self) -> None:
+        self._ready.clear()
+        self._model = None
+
+
+def _warm_up_audio():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return (rng.standard_normal(16000) * 0.01).astype(np.float32)

@@ -1,0 +1,109 @@
+"""`python -m instances ...`: one instance. Loads the model in the background while already
+answering /healthz, reports /readyz once warmed up, and stops cleanly on SIGTERM.
+
+Exit codes: 0 stopped on request; 2 bad arguments (argparse); 3 the models failed to load (the
+log says why; supervisord restarts us, and a crash loop ends FATAL).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from asrfleet.config import InstanceConfig
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 3
+
+log = logging.getLogger("instances")
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = InstanceConfig.from_argv(argv)
+    _configure_logging(config.name)
+    dirs, owned = _temp_dirs(config)
+    try:
+        return _serve(config, dirs)
+    finally:
+        if owned:
+            shutil.rmtree(dirs.root, ignore_errors=True)
+
+
+def _serve(config: InstanceConfig, dirs) -> int:
+    import uvicorn
+
+    from asrfleet.engines import create_transcriber
+    from instances.app import LoadState, build_app
+
+    transcriber = create_transcriber(config)
+    state = LoadState(started=time.time())
+    app = build_app(config, transcriber, dirs, state)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            timeout_graceful_shutdown=30,
+            lifespan="on",
+        )
+    )
+    loader = threading.Thread(target=_load, args=(transcriber, state, server), name="load", daemon=True)
+    loader.start()
+    log.info("%s listening on http://%s:%d (loading %s)", config.name, config.host, config.port, config.model)
+    server.run()
+    transcriber.close()
+    return EXIT_LOAD_FAILED if state.failed else EXIT_OK
+
+
+def _load(transcriber, state, server) -> None:
+    try:
+        transcriber.load()
+    except Exception as err:  # any load failure ends the process: supervisord decides what next
+        log.exception("loading the models failed")
+        state.failed = f"{type(err).__name__}: {err}"
+        server.should_exit = True
+        return
+    log.info("ready after %.1f s", time.time() - state.started)
+
+
+def _temp_dirs(config: InstanceConfig):
+    """This instance's own temp directory; Gradio's uploads and our files all live inside it.
+
+    Set before Gradio is imported: it reads GRADIO_TEMP_DIR at import time.
+    """
+    from instances.service import InstanceDirs
+
+    owned = config.temp_dir is None
+    root = Path(tempfile.mkdtemp(prefix=f"asr-{config.name}-")) if owned else Path(config.temp_dir)
+    dirs = InstanceDirs(root.resolve())
+    for folder in (dirs.gradio, dirs.work):
+        folder.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(dirs.gradio)
+    os.environ["TMPDIR"] = str(dirs.work)
+    tempfile.tempdir = str(dirs.work)
+    return dirs, owned
+
+
+def _configure_logging(name: str) -> None:
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_quiet_libraries)
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
+
+
+def _quiet_libraries(record: logging.LogRecord) -> bool:
+    """FunASR logs every model build on the root logger at INFO: keep only its warnings."""
+    if record.name == "root" or record.name.startswith(("modelscope", "httpx", "funasr")):
+        return record.levelno >= logging.WARNING
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""The instance's web app, built by a factory from a config: health probes, Gradio, OpenAI API."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import gradio as gr
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from asrfleet.config import InstanceConfig
+from asrfleet.engines.base import Transcriber
+from instances.service import InstanceDirs, TranscriptionService
+from instances.ui import build_ui
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadState:
+    """Where model loading stands; read by /readyz."""
+
+    started: float
+    failed: str | None = None
+
+
+def build_app(
+    config: InstanceConfig, transcriber: Transcriber, dirs: InstanceDirs, state: LoadState | None = None
+) -> FastAPI:
+    state = state or LoadState(started=time.time())
+    service = TranscriptionService(config, transcriber, upload_dir=dirs.gradio, work_dir=dirs.work)
+    app = FastAPI(title="Speech recognition instance", docs_url=None, redoc_url=None)
+    _add_health_routes(app, config, transcriber, state)
+    demo = build_ui(service)
+    app = gr.mount_gradio_app(
+        app,
+        demo,
+        path="/",
+        max_file_size=config.max_file_size,
+        root_path=config.root_path or None,
+        footer_links=["api"],
+        enable_monitoring=False,
+    )
+    # gr.mount_gradio_app leaves has_launched False, and Gradio then skips its check that a file a
+    # request names was uploaded by a client (a queue/join naming /etc/passwd was read). A
+    # mounted app is launched as far as that check is concerned. The UI handler checks as well.
+    demo.has_launched = True
+    return app
+
+
+def _add_health_routes(
+    app: FastAPI, config: InstanceConfig, transcriber: Transcriber, state: LoadState
+) -> None:
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        """Liveness: the process answers. Nothing else is checked here."""
+        return {"status": "alive", "name": config.name}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: models loaded and warmed up; 503 before that, or when loading failed."""
+        if transcriber.ready:
+            body = {
+                "status": "ready",
+                "name": config.name,
+                "model": transcriber.model_name,
+                "stats": transcriber.stats(),
+            }
+            return JSONResponse(body)
+        status = "failed" if state.failed else "loading"
+        body = {
+            "status": status,
+            "name": config.name,
+            "error": state.failed,
+            "loading_s": round(time.time() - state.started, 1),
+        }
+        return JSONResponse(body, status_code=503)

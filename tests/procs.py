@@ -1,0 +1,92 @@
+"""Start real processes for end-to-end tests, wait until they are ready, tear down their trees."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Running:
+    proc: subprocess.Popen
+    url: str
+    log: Path
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def wait_http(
+    url: str, timeout: float, proc: subprocess.Popen | None = None, status: int = 200
+) -> httpx.Response:
+    """Poll `url` until it answers `status`; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} while waiting for {url}")
+        try:
+            r = httpx.get(url, timeout=2)
+            if r.status_code == status:
+                return r
+            last = r.status_code
+        except httpx.HTTPError as err:
+            last = err
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer {status} within {timeout} s (last: {last})")
+
+
+def kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=grace)
+    except (subprocess.TimeoutExpired, ProcessLookupError):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def instance(args: list[str], log_dir: Path, ready_timeout: float = 180.0) -> Iterator[Running]:
+    """`python -m instances ARGS` on a free port; yields once /readyz answers 200."""
+    port = free_port()
+    log = log_dir / f"instance-{port}.log"
+    cmd = [sys.executable, "-m", "instances", "--port", str(port), *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    running = Running(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        wait_http(running.url + "/readyz", ready_timeout, proc)
+    except (RuntimeError, TimeoutError) as err:
+        kill_tree(proc)
+        raise RuntimeError(f"{err}\n--- instance log ---\n{running.log_tail()}") from err
+    try:
+        yield running
+    finally:
+        kill_tree(proc)

@@ -1,0 +1,95 @@
+"""Decoding every common container to 16 kHz mono, and a clear error for each kind of bad file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import media
+from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
+from asrfleet.errors import BadAudio, NoSpeech, TooLarge
+
+LIMITS = AudioLimits(max_bytes=50 * 2**20, max_duration_s=600)
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return media.conversation(media.ZH_SENTENCES[:2])
+
+
+@pytest.mark.parametrize("suffix", sorted(media.AUDIO_FORMATS))
+def test_decodes_each_format_to_16k_mono(tmp_path, speech, suffix):
+    path = media.write_format(tmp_path, speech, suffix)
+    samples = decode_audio(path, LIMITS)
+    assert samples.dtype == np.float32 and samples.ndim == 1
+    assert abs(samples.size - speech.size) / 16000 < 0.1  # codec padding only
+    # the same speech, not just the same length: the loud parts line up
+    n = min(samples.size, speech.size)
+    envelope = lambda x: np.abs(x[: n - n % 1600]).reshape(-1, 1600).mean(axis=1)  # noqa: E731
+    assert np.corrcoef(envelope(samples), envelope(speech))[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("name,video,audio", [("clip.mp4", "h264", "aac"), ("clip.mkv", "mpeg4", "libopus")])
+def test_decodes_the_audio_track_of_a_video(tmp_path, speech, name, video, audio):
+    path = media.write_video(tmp_path / name, speech, video, audio)
+    assert abs(decode_audio(path, LIMITS).size - speech.size) / 16000 < 0.1
+
+
+def test_not_audio(tmp_path):
+    path = tmp_path / "notes.mp3"
+    path.write_text("these are meeting notes, not a recording\n" * 50)
+    with pytest.raises(BadAudio, match="could not be decoded"):
+        decode_audio(path, LIMITS)
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"")
+    with pytest.raises(BadAudio, match="empty"):
+        decode_audio(path, LIMITS)
+
+
+def test_truncated_wav(tmp_path, speech):
+    path = media.write_audio(tmp_path / "cut.wav", speech)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(BadAudio, match="truncated"):
+        decode_audio(path, LIMITS)
+
+
+def test_header_only_wav(tmp_path, speech):
+    path = media.write_audio(tmp_path / "cut.wav", speech)
+    path.write_bytes(path.read_bytes()[:44])
+    with pytest.raises(BadAudio):
+        decode_audio(path, LIMITS)
+
+
+def test_video_without_audio(tmp_path):
+    with pytest.raises(BadAudio, match="no audio track"):
+        decode_audio(media.write_video_only(tmp_path / "silent.mp4"), LIMITS)
+
+
+def test_over_the_size_limit(tmp_path, speech):
+    path = media.write_audio(tmp_path / "big.wav", speech)
+    with pytest.raises(TooLarge, match="limit"):
+        decode_audio(path, AudioLimits(max_bytes=1000, max_duration_s=600))
+
+
+def test_over_the_duration_limit(tmp_path, speech):
+    path = media.write_audio(tmp_path / "long.flac", speech, codec="flac")
+    with pytest.raises(TooLarge, match=r"0:00:1\d long; the limit is 0:00:05"):
+        decode_audio(path, AudioLimits(max_bytes=2**30, max_duration_s=5))
+
+
+def test_silence_is_no_speech(tmp_path):
+    samples = decode_audio(media.write_audio(tmp_path / "quiet.wav", media.silence(3)), LIMITS)
+    with pytest.raises(NoSpeech, match="silent"):
+        check_not_silent(samples)
+
+
+# Ogg declares no total length anywhere, so a cut Ogg file is indistinguishable from a short one.
+@pytest.mark.parametrize("suffix", ["mp3", "m4a", "flac"])
+def test_truncated_compressed_files_fail_clearly(tmp_path, speech, suffix):
+    path = media.write_format(tmp_path, np.tile(speech, 4), suffix)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    with pytest.raises(BadAudio, match="truncated|could not be decoded"):
+        decode_audio(path, LIMITS)

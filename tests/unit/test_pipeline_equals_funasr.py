@@ -1,0 +1,109 @@
+"""Our batched pipeline gives exactly the transcript of FunASR's own `AutoModel.generate`.
+
+The same model directory (a small BiCifParaformer with random weights, FunASR's real fsmn-vad, a
+small CT-Transformer), the same files, on the CPU: requests one at a time and 16 at a time, where
+the segments of different requests share batches.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+import media
+from asrfleet.audio import AudioLimits, decode_audio
+from asrfleet.config import InstanceConfig
+from asrfleet.engines.base import TranscribeOptions
+from asrfleet.engines.funasr.transcriber import FunasrTranscriber
+
+FORMATS = ["wav", "mp3", "flac", "m4a"]
+
+
+@pytest.fixture(scope="module")
+def recordings(tmp_path_factory) -> list[Path]:
+    """16 recordings of 1 to 4 sentences, in several formats."""
+    folder = tmp_path_factory.mktemp("recordings")
+    n = len(media.ZH_SENTENCES)
+    paths = []
+    for i in range(16):
+        sentences = [media.ZH_SENTENCES[(i + k) % n] for k in range(1 + i % 4)]
+        paths.append(media.write_format(folder, media.conversation(sentences), FORMATS[i % 4], f"rec{i:02d}"))
+    return paths
+
+
+def make(model_dirs, vad_dir, punc: bool = True) -> FunasrTranscriber:
+    config = InstanceConfig(
+        model=str(model_dirs["asr"]),
+        vad_model=str(vad_dir),
+        punc_model=str(model_dirs["punc"]) if punc else None,
+        device="cpu",
+        threads=1,
+        workers=2,
+    )
+    transcriber = FunasrTranscriber(config)
+    transcriber.load()
+    return transcriber
+
+
+@pytest.fixture(scope="module")
+def ours(model_dirs, vad_dir):
+    transcriber = make(model_dirs, vad_dir)
+    yield transcriber
+    transcriber.close()
+
+
+def funasr_result(pipeline, path: Path) -> dict:
+    samples = decode_audio(path, AudioLimits(2**30, 36000))
+    return pipeline.generate(input=samples, batch_size_s=300, sentence_timestamp=True)[0]
+
+
+def as_funasr(transcript) -> tuple[str, list[tuple[int, int, str]]]:
+    return transcript.text, [
+        (round(s.start * 1000), round(s.end * 1000), s.text) for s in transcript.sentences
+    ]
+
+
+def expected(result: dict) -> tuple[str, list[tuple[int, int, str]]]:
+    return result["text"], [(s["start"], s["end"], s["text"]) for s in result["sentence_info"]]
+
+
+def test_one_at_a_time(ours, reference_pipeline, recordings):
+    for path in recordings[:6]:
+        assert as_funasr(ours.transcribe(path, TranscribeOptions())) == expected(
+            funasr_result(reference_pipeline, path)
+        ), path.name
+
+
+def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
+    before = ours.stats()["batches"]
+    with ThreadPoolExecutor(16) as pool:
+        transcripts = list(pool.map(lambda p: ours.transcribe(p, TranscribeOptions()), recordings))
+    stats = ours.stats()
+    segments = sum(len(t.sentences) for t in transcripts)
+    assert stats["batches"] - before < segments, "requests were not batched together"
+    for path, transcript in zip(recordings, transcripts, strict=True):
+        assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
+
+
+def test_without_punctuation(model_dirs, vad_dir, recordings):
+    from funasr import AutoModel
+
+    reference = AutoModel(
+        model=str(model_dirs["asr"]),
+        vad_model=str(vad_dir),
+        device="cpu",
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+        ncpu=1,
+    )
+    transcriber = make(model_dirs, vad_dir, punc=False)
+    try:
+        for path in recordings[:3]:
+            transcript = transcriber.transcribe(path, TranscribeOptions())
+            assert transcript.text == funasr_result(reference, path)["text"]
+            assert transcript.sentences, "without punctuation the VAD segments are the sentences"
+    finally:
+        transcriber.close()

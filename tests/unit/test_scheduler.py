@@ -1,0 +1,95 @@
+"""Batch formation across requests: budget, fairness, and surviving GPU out-of-memory."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from asrfleet.engines.funasr.recognize import SegmentText
+from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget, _Queue, _Segment, select_batch
+
+
+def seg(key: str, index: int, frames: int) -> _Segment:
+    return _Segment(key, index, np.zeros((frames, 4), dtype=np.float32))
+
+
+def queues(spec: dict[str, tuple[float, float, list[int]]]) -> dict[str, _Queue]:
+    """key -> (arrival, priority, segment frame counts)"""
+    return {
+        k: _Queue(arrival=a, priority=p, segments=[seg(k, i, f) for i, f in enumerate(fs)])
+        for k, (a, p, fs) in spec.items()
+    }
+
+
+def test_budget_counts_padding():
+    qs = queues({"a": (0, 1, [10, 10, 10, 100])})
+    batch = select_batch(qs, Budget(max_frames=100))
+    assert sorted(s.frames for s in batch) == [10, 10, 10]  # + the 100 would cost 4 x 100
+
+
+def test_a_segment_over_budget_still_runs_alone():
+    batch = select_batch(queues({"a": (0, 1, [500])}), Budget(max_frames=100))
+    assert [s.frames for s in batch] == [500]
+
+
+def test_short_request_goes_before_a_long_one():
+    qs = queues({"long": (0.0, 10800.0, [300] * 50), "short": (5.0, 3.0, [200])})
+    batch = select_batch(qs, Budget(max_frames=600))
+    keys = [s.key for s in batch]
+    assert "short" in keys
+    assert keys.count("long") == 1  # the oldest request still gets its segment
+
+
+def test_oldest_request_always_progresses():
+    qs = queues({"long": (0.0, 10800.0, [100] * 10)})
+    qs.update(queues({f"s{i}": (1.0 + i, 2.0, [50]) for i in range(100)}))
+    batch = select_batch(qs, Budget(max_frames=1000))
+    assert any(s.key == "long" for s in batch)
+
+
+def test_item_cap():
+    qs = queues({"a": (0, 1, [1] * 50)})
+    assert len(select_batch(qs, Budget(max_frames=10**6, max_items=8))) == 8
+
+
+def run_scheduler(recognize, budget, items):
+    done = threading.Event()
+    got: dict[int, SegmentText] = {}
+
+    def on_results(key, results):
+        got.update(results)
+        if len(got) == len(items):
+            done.set()
+
+    errors = []
+    s = BatchScheduler(recognize, budget, on_results, lambda key, err: (errors.append(err), done.set()))
+    s.start()
+    s.add("job", 1.0, items)
+    assert done.wait(10)
+    s.stop()
+    return got, errors, s
+
+
+def test_out_of_memory_splits_the_batch_and_lowers_the_budget():
+    calls = []
+
+    def recognize(feats):
+        calls.append(len(feats))
+        if len(feats) > 2:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return [SegmentText(str(f.shape[0]), []) for f in feats]
+
+    items = [(i, np.zeros((10 + i, 4), dtype=np.float32)) for i in range(8)]
+    got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), items)
+    assert not errors
+    assert {i: r.text for i, r in got.items()} == {i: str(10 + i) for i in range(8)}
+    assert s.stats.oom_splits >= 1 and s.budget.max_frames < 10**6
+
+
+def test_a_failing_batch_fails_its_request_not_the_scheduler():
+    def recognize(feats):
+        raise ValueError("boom")
+
+    got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), [(0, np.zeros((5, 4), np.float32))])
+    assert not got and isinstance(errors[0], ValueError)
