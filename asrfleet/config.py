@@ -39,6 +39,7 @@ class InstanceConfig:
     model_cache: Path | None = None
     device: str = "auto"
     fp16: bool = False
+    gpu_memory_share: float = 0.5  # of the GPU memory free at startup, for batches
     batch_size_s: int = 300
     max_file_size: int = 1024**3
     max_duration_s: float = 5 * 3600.0
@@ -58,6 +59,8 @@ class InstanceConfig:
                 raise ValueError(f"{field} must be positive")
         if self.max_duration_s <= 0:
             raise ValueError("max_duration_s must be positive")
+        if not 0 < self.gpu_memory_share <= 1:
+            raise ValueError("gpu_memory_share must be in (0, 1]")
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> InstanceConfig:
@@ -80,6 +83,7 @@ class InstanceConfig:
             model_cache=Path(args.model_cache) if args.model_cache else None,
             device=args.device,
             fp16=args.fp16,
+            gpu_memory_share=args.gpu_memory_share,
             batch_size_s=args.batch_size_s,
             max_file_size=parse_size(args.max_file_size),
             max_duration_s=args.max_duration,
@@ -131,31 +135,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=d.host, help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--name", default=d.name, help="instance name shown in logs and /readyz")
-    p.add_argument("--engine", choices=ENGINES, default=d.engine)
-    p.add_argument("--model", default=None, help="hub id or local model directory")
-    p.add_argument("--vad-model", default=d.vad_model, help="hub id or local directory (paraformer)")
-    p.add_argument("--punc-model", default=d.punc_model, help="hub id or local directory (paraformer)")
-    p.add_argument("--no-punc", action="store_true", help="skip punctuation")
-    p.add_argument("--hub", choices=("ms", "hf"), default=d.hub, help="ModelScope or Hugging Face")
-    p.add_argument("--model-cache", default=None, help="where hub downloads are kept")
-    p.add_argument("--device", choices=DEVICES, default=d.device)
-    p.add_argument("--fp16", action="store_true", help="half precision on the GPU")
-    p.add_argument(
+    add_engine_options(p)
+    p.add_argument("--temp-dir", default=None, help="this instance's own temp directory")
+    p.add_argument("--root-path", default=d.root_path, help="public sub-path when served under a prefix")
+    return p
+
+
+def add_engine_options(p: argparse.ArgumentParser) -> None:
+    """The options every instance of a fleet shares (the launcher takes them too)."""
+    d = InstanceConfig()
+    g = p.add_argument_group("engine and models")
+    g.add_argument("--engine", choices=ENGINES, default=d.engine)
+    g.add_argument("--model", default=None, help="hub id or local model directory")
+    g.add_argument("--vad-model", default=d.vad_model, help="hub id or local directory (paraformer)")
+    g.add_argument("--punc-model", default=d.punc_model, help="hub id or local directory (paraformer)")
+    g.add_argument("--no-punc", action="store_true", help="skip punctuation")
+    g.add_argument("--hub", choices=("ms", "hf"), default=d.hub, help="ModelScope or Hugging Face")
+    g.add_argument("--model-cache", default=None, help="where hub downloads are kept")
+    g.add_argument("--device", choices=DEVICES, default=d.device)
+    g.add_argument("--fp16", action="store_true", help="half precision on the GPU")
+    g.add_argument(
+        "--gpu-memory-share",
+        type=float,
+        default=d.gpu_memory_share,
+        help="share of the GPU memory free at startup that batches may use",
+    )
+    g.add_argument(
         "--batch-size-s",
         type=int,
         default=d.batch_size_s,
         help="padded audio seconds per GPU batch (upper bound; GPU memory may lower it)",
     )
-    p.add_argument("--max-file-size", default=str(d.max_file_size), help="upload limit, e.g. 500m or 1g")
-    p.add_argument("--max-duration", type=float, default=d.max_duration_s, help="longest recording, seconds")
-    p.add_argument("--max-queue", type=int, default=d.max_queue, help="requests in flight before 503")
-    p.add_argument(
+    g.add_argument("--max-file-size", default=str(d.max_file_size), help="upload limit, e.g. 500m or 1g")
+    g.add_argument("--max-duration", type=float, default=d.max_duration_s, help="longest recording, seconds")
+    g.add_argument("--max-queue", type=int, default=d.max_queue, help="requests in flight before 503")
+    g.add_argument(
         "--workers",
         type=int,
         default=d.workers,
-        help="audio decoding/VAD processes (0: choose from the CPU count)",
+        help="audio decoding/VAD processes per instance (0: choose from the CPU count)",
     )
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
-    p.add_argument("--temp-dir", default=None, help="this instance's own temp directory")
-    p.add_argument("--root-path", default=d.root_path, help="public sub-path when served under a prefix")
-    return p
+    g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")

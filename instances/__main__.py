@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -56,10 +57,19 @@ def _serve(config: InstanceConfig, dirs) -> int:
     )
     loader = threading.Thread(target=_load, args=(transcriber, state, server), name="load", daemon=True)
     loader.start()
+    # uvicorn handles SIGTERM/SIGINT while it runs, then re-raises the signal once it has shut
+    # down; these handlers catch that so the engine is closed and we exit with our own code.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _note_stop)
     log.info("%s listening on http://%s:%d (loading %s)", config.name, config.host, config.port, config.model)
     server.run()
     transcriber.close()
     return EXIT_LOAD_FAILED if state.failed else EXIT_OK
+
+
+def _note_stop(signum: int, frame: object) -> None:
+    """Only note it: uvicorn has already stopped the server when this runs."""
+    log.info("stopping on signal %d", signum)
 
 
 def _load(transcriber, state, server) -> None:

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Transcriber
+from instances.routing import Activity, RouteCookie
 from instances.service import InstanceDirs, TranscriptionService
 from instances.ui import build_ui
 
@@ -32,7 +33,9 @@ def build_app(
     state = state or LoadState(started=time.time())
     service = TranscriptionService(config, transcriber, upload_dir=dirs.gradio, work_dir=dirs.work)
     app = FastAPI(title="Speech recognition instance", docs_url=None, redoc_url=None)
-    _add_health_routes(app, config, transcriber, state)
+    activity = Activity()
+    app.add_middleware(RouteCookie, name=config.name, activity=activity)
+    _add_health_routes(app, config, transcriber, state, activity)
     demo = build_ui(service)
     app = gr.mount_gradio_app(
         app,
@@ -51,7 +54,7 @@ def build_app(
 
 
 def _add_health_routes(
-    app: FastAPI, config: InstanceConfig, transcriber: Transcriber, state: LoadState
+    app: FastAPI, config: InstanceConfig, transcriber: Transcriber, state: LoadState, activity: Activity
 ) -> None:
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -66,6 +69,8 @@ def _add_health_routes(
                 "status": "ready",
                 "name": config.name,
                 "model": transcriber.model_name,
+                "active_requests": activity.active,
+                "idle_s": round(activity.idle_s(), 2),
                 "stats": transcriber.stats(),
             }
             return JSONResponse(body)

@@ -6,10 +6,12 @@ them), so the event loop stays free to answer health probes during the longest t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from asrfleet.transcript import Transcript, render
 log = logging.getLogger(__name__)
 
 DOWNLOAD_FORMATS = ("txt", "srt", "json")
+UPLOAD_GRACE_S = 10.0
 _DOWNLOAD_MAX_AGE_S = 3600.0
 
 
@@ -51,6 +54,7 @@ class TranscriptionService:
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
         # One thread per request in flight: each mostly waits for its batch, so this is cheap.
         self._limiter = anyio.CapacityLimiter(config.max_queue)
+        self._in_use: Counter[Path] = Counter()
 
     def check_upload(self, path: str | Path) -> Path:
         """The path, if a client uploaded it to us; `BadRequest` for any other server path.
@@ -64,14 +68,50 @@ class TranscriptionService:
         log.warning("refused a request naming a server path nobody uploaded: %s", path)
         raise BadRequest("the request names a file that was not uploaded to this server")
 
-    async def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
-        """Transcribe an uploaded file, then delete it: uploads never outlive their request."""
+    async def transcribe(self, path: Path, options: TranscribeOptions, shared: bool = True) -> Transcript:
+        """Transcribe an uploaded file, then delete it: uploads do not outlive their requests.
+
+        Gradio stores uploads by content, so two clients sending the same recording share one
+        file, and the second may upload before the first is done and join just after. A shared
+        upload is therefore deleted once no request uses it and nobody uploaded it again for a few
+        seconds (a new upload of the same content replaces the file, renewing its mtime).
+        """
+        self._in_use[path] += 1
         try:
             return await anyio.to_thread.run_sync(
                 self.transcriber.transcribe, path, options, limiter=self._limiter
             )
         finally:
-            remove_quietly(path)
+            self._in_use[path] -= 1
+            if not shared:
+                self._reap(path)
+            else:
+                asyncio.get_running_loop().call_later(UPLOAD_GRACE_S, self._reap, path)
+
+    def _reap(self, path: Path) -> None:
+        if self._in_use[path] > 0:
+            return  # the last request to finish reaps it
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            self._in_use.pop(path, None)
+            return
+        if age < UPLOAD_GRACE_S:  # uploaded again meanwhile: its next request may be on its way
+            asyncio.get_running_loop().call_later(UPLOAD_GRACE_S - age + 0.1, self._reap, path)
+            return
+        self._in_use.pop(path, None)
+        remove_quietly(path)
+        self._remove_empty_upload_dirs()
+
+    def _remove_empty_upload_dirs(self) -> None:
+        """Gradio's per-upload folders, once empty and untouched for a while."""
+        cutoff = time.time() - UPLOAD_GRACE_S
+        for folder in self.upload_dir.iterdir():
+            try:
+                if folder.is_dir() and folder.stat().st_mtime < cutoff and not any(folder.iterdir()):
+                    folder.rmdir()
+            except OSError:
+                continue  # in use again, or gone already
 
     def write_downloads(self, transcript: Transcript, stem: str) -> list[Path]:
         """The transcript as .txt, .srt and .json files for the UI's download box."""

@@ -115,6 +115,11 @@ def nginx_quote(value: object) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def upstream_name(instance_name: str) -> str:
+    """The nginx upstream of one instance's sessions: "asr-0" -> "instance_asr_0"."""
+    return "instance_" + re.sub(r"[^A-Za-z0-9_]", "_", instance_name)
+
+
 def host_port(host: str, port: int) -> str:
     """host:port for listen and server lines; an IPv6 address goes in brackets."""
     if ":" in host and not host.startswith("["):
@@ -140,6 +145,7 @@ def template_environment(root: Path = TEMPLATE_ROOT) -> jinja2.Environment:
         supervisor_command=supervisor_command,
         supervisor_environment=supervisor_environment,
         nginx_quote=nginx_quote,
+        upstream_name=upstream_name,
         host_port=host_port,
     )
     return environment

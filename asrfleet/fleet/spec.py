@@ -100,11 +100,24 @@ class FleetSpec:
     lb_port: int = DEFAULT_LB_PORT
     proxy_timeout_s: int = DEFAULT_PROXY_TIMEOUT_S
     nginx_binary: str = "nginx"
+    # Set only when the launcher runs as root: nginx's workers would otherwise switch to "nobody"
+    # and lose access to the run directory (mode 0700). Unprivileged, nginx ignores the directive.
+    nginx_user: str | None = None
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    # Instances being drained for a restart: nginx gives them no new sessions and no API requests,
+    # but their own sessions still reach them.
+    draining: frozenset[str] = frozenset()
+    # Instances stopped or restarting: nginx sends even their own sessions to the others.
+    down: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.instances:
             raise ValueError("a fleet needs at least one instance")
+        unknown = (self.draining | self.down) - {instance.name for instance in self.instances}
+        if unknown:
+            raise ValueError(f"cannot drain unknown instances: {', '.join(sorted(unknown))}")
+        if not self.serving:
+            raise ValueError("at least one instance must stay in service")
         if self.max_body_bytes <= 0:
             raise ValueError(f"max_body_bytes must be > 0, got {self.max_body_bytes}")
         if self.proxy_timeout_s <= 0:
@@ -131,6 +144,11 @@ class FleetSpec:
                 f"supervisord socket path is {size} bytes, over the {MAX_SOCKET_PATH_BYTES} a Unix "
                 f"socket allows here: {self.socket_path}; choose a shorter run directory"
             )
+
+    @property
+    def serving(self) -> tuple[InstanceSpec, ...]:
+        """The instances that take new sessions and API requests."""
+        return tuple(i for i in self.instances if i.name not in self.draining | self.down)
 
     # Files of supervisord, all inside the run directory.
     @property

@@ -16,6 +16,7 @@ from gradio_client import Client, handle_file
 
 import media
 from asrfleet.audio import AudioLimits, decode_audio
+from instances.service import UPLOAD_GRACE_S
 from procs import REPO, free_port, kill_tree, wait_http
 
 pytestmark = pytest.mark.e2e
@@ -154,7 +155,12 @@ def test_no_uploads_are_left_behind(server, client, meeting, tmp_path):
     bad_inputs(tmp_path)  # make sure there were failures too (test above); and one more success:
     transcribe(client, meeting)
     audio = {".wav", ".mp3", ".flac", ".mp4", ".m4a"}
-    leftovers = [p for p in server["temp_dir"].rglob("*") if p.is_file() and p.suffix in audio]
+    deadline = time.monotonic() + UPLOAD_GRACE_S + 5
+    while True:
+        leftovers = [p for p in server["temp_dir"].rglob("*") if p.is_file() and p.suffix in audio]
+        if not leftovers or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert leftovers == []
 
 

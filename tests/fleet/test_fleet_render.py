@@ -6,6 +6,7 @@ then read the diff before committing it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shlex
@@ -26,6 +27,7 @@ from asrfleet.fleet.render import (
     render_nginx,
     render_supervisord,
     required_directories,
+    upstream_name,
 )
 from asrfleet.fleet.spec import FleetSpec, make_instance
 
@@ -196,12 +198,13 @@ def test_supervisord_nginx_program(parsed) -> None:
     assert nginx.stopasgroup is True and nginx.killasgroup is True
 
 
-def test_supervisord_groups_stop_instances_before_nginx(parsed) -> None:
+def test_supervisord_stops_instances_before_nginx(parsed) -> None:
     spec, options = parsed
     groups = {group.name: group for group in options.process_group_configs}
-    assert sorted(p.name for p in groups["asr"].process_configs) == [i.name for i in spec.instances]
-    # supervisord stops groups from the highest priority number down.
-    assert groups["asr"].priority > groups["nginx"].priority
+    # One program per instance, so a changed fleet adds or removes programs without touching others.
+    assert sorted(groups) == sorted([i.name for i in spec.instances] + ["nginx"])
+    # supervisord stops groups from the highest priority number down: instances first.
+    assert all(groups[i.name].priority > groups["nginx"].priority for i in spec.instances)
 
 
 def test_supervisord_files_and_socket(parsed) -> None:
@@ -273,23 +276,47 @@ def upstream_block(conf: str, name: str) -> str:
 def test_nginx_upstreams() -> None:
     spec = golden_spec()
     conf = directives(render_nginx(spec))
-    ui, api = upstream_block(conf, "asr_ui"), upstream_block(conf, "asr_api")
-    assert "hash $asr_route consistent;" in ui and "least_conn" not in ui
-    assert "least_conn;" in api and "hash" not in api
-    for block, name in ((ui, "asr_ui"), (api, "asr_api")):
-        assert f"zone {name} " in block
-        servers = re.findall(r"server (\S+) max_fails=\d+ fail_timeout=\d+s;", block)
-        assert servers == [f"127.0.0.1:{instance.port}" for instance in spec.instances]
+    ports = [f"127.0.0.1:{instance.port}" for instance in spec.instances]
+    new = upstream_block(conf, "asr_new")
+    assert "least_conn;" in new and "hash" not in new and "zone asr_new " in new
+    assert re.findall(r"server (\S+) max_fails=\d+ fail_timeout=\d+s;", new) == ports
+    for instance in spec.instances:
+        block = upstream_block(conf, upstream_name(instance.name))
+        assert f"zone {upstream_name(instance.name)} " in block
+        assert re.findall(r"server (\S+) max_fails=\d+ fail_timeout=\d+s;", block) == [
+            f"127.0.0.1:{instance.port}"
+        ]
+        backups = re.findall(r"server (\S+) backup;", block)
+        assert sorted(backups) == sorted(p for p in ports if p != f"127.0.0.1:{instance.port}")
+
+
+def test_a_draining_instance_takes_no_new_sessions_but_keeps_its_own() -> None:
+    spec = dataclasses.replace(golden_spec(), draining=frozenset({"asr-0"}))
+    conf = directives(render_nginx(spec))
+    new = upstream_block(conf, "asr_new")
+    assert re.findall(r"server (\S+) max_fails", new) == ["127.0.0.1:6007"]
+    assert "127.0.0.1:6006 max_fails" in upstream_block(conf, upstream_name("asr-0"))
+    with pytest.raises(ValueError, match="stay in service"):
+        dataclasses.replace(golden_spec(), draining=frozenset({"asr-0", "asr-1"}))
 
 
 def test_nginx_sticky_cookie_and_locations() -> None:
     conf = directives(render_nginx(golden_spec()))
-    assert re.search(r'map \$cookie_asr_route \$asr_route \{\s*"" \$request_id;', conf)
-    assert '"asr_route=$request_id; Path=/; HttpOnly; SameSite=Lax"' in conf
+    routes = re.search(r"map \$cookie_asr_route \$asr_ui_upstream \{(.*?)\}", conf, re.S).group(1)
+    assert "default asr_new;" in routes
+    assert '"asr-0" instance_asr_0;' in routes and '"asr-1" instance_asr_1;' in routes
+    assert "ip_hash" not in conf
     root = re.search(r"location / \{(.*?)\}", conf, re.S).group(1)
-    assert "add_header Set-Cookie $asr_route_cookie always;" in root
-    assert "proxy_pass http://asr_ui;" in root
+    assert "proxy_pass http://$asr_ui_upstream;" in root
     api = re.search(r"location /v1/ \{(.*?)\}", conf, re.S).group(1)
-    assert "proxy_pass http://asr_api;" in api and "Set-Cookie" not in api
-    assert re.search(r"location = /readyz \{\s*proxy_pass http://asr_api;", conf)
+    assert "proxy_pass http://asr_new;" in api
+    assert re.search(r"location = /readyz \{\s*proxy_pass http://asr_new;", conf)
     assert re.search(r'location = /healthz \{[^}]*return 200 "ok\\n";', conf)
+
+
+def test_a_restarting_instance_gets_nothing() -> None:
+    spec = dataclasses.replace(golden_spec(), down=frozenset({"asr-1"}))
+    conf = directives(render_nginx(spec))
+    assert re.findall(r"server (\S+) max_fails", upstream_block(conf, "asr_new")) == ["127.0.0.1:6006"]
+    own = upstream_block(conf, upstream_name("asr-1"))
+    assert "server 127.0.0.1:6007 down;" in own and "server 127.0.0.1:6006 backup;" in own

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import queue
+import signal
 import threading
 import traceback
 from collections import deque
@@ -51,10 +54,20 @@ Message = Segmented | Features | Failed | Done | Retrying
 def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
     """Entry point of a worker process: load once, then prepare files until told to stop."""
     logging.basicConfig(level=logging.WARNING, format=f"[prepare-{worker_id}] %(levelname)s %(message)s")
+    # The parent stops its workers itself, after its own requests; a signal to the whole process
+    # group (supervisord's stopasgroup) must not kill them under a request that is finishing.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
     preparer = Preparer(settings)
     results.put(("ready", worker_id, None, None))
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:  # orphaned: the instance was killed
+                return
+            continue
         if task is None:
             return
         job_id, attempt, path = task

@@ -34,7 +34,6 @@ from asrfleet.transcript import Transcript
 log = logging.getLogger(__name__)
 
 _LFR_FRAMES_PER_S = 1000 / 60  # Paraformer's encoder frame rate: 10 ms frames, LFR stride 6
-_GPU_MEMORY_SHARE = 0.5  # of the memory free at startup, for batches; the rest is headroom
 
 
 @dataclass
@@ -85,7 +84,7 @@ class FunasrTranscriber:
                 model=str(punc_dir), device=self.device, ncpu=threads, disable_update=True, disable_log=True
             )
             self._punctuator = Punctuator(punc_model, punc_kwargs)
-        budget = measure_budget(recognizer, cfg.batch_size_s, self.device)
+        budget = measure_budget(recognizer, cfg.batch_size_s, self.device, cfg.gpu_memory_share)
         self._scheduler = BatchScheduler(recognizer, budget, self._on_results, self._on_batch_error)
         self._warm_up(recognizer)
         self._scheduler.start()
@@ -251,8 +250,8 @@ class FunasrTranscriber:
         self._finisher.shutdown(wait=False)
 
 
-def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str) -> Budget:
-    """Padded frames per batch: `--batch-size-s`, lowered to what half the free GPU memory holds.
+def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str, share: float = 0.5) -> Budget:
+    """Padded frames per batch: `--batch-size-s`, lowered to what `share` of free GPU memory holds.
 
     Memory is measured, not guessed: a probe batch runs and the peak it adds per padded frame
     scales the budget.
@@ -272,7 +271,7 @@ def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str) -> Bu
     torch.cuda.synchronize()
     per_frame = max(1.0, (torch.cuda.max_memory_allocated() - base) / (probe_items * probe_len))
     free, _ = torch.cuda.mem_get_info()
-    fits = int(free * _GPU_MEMORY_SHARE / per_frame)
+    fits = int(free * share / per_frame)
     log.info(
         "GPU memory: %.0f bytes per padded frame, %.1f GiB free; batches up to %d frames",
         per_frame,

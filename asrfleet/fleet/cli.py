@@ -1,0 +1,107 @@
+"""`python launcher.py ...`: the command line of the fleet. One options object per command, built
+here; the work is done in `commands.py`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from asrfleet.config import InstanceConfig, add_engine_options
+from asrfleet.fleet import commands
+from asrfleet.fleet.commands import LaunchError, SshOptions
+from asrfleet.fleet.gpus import parse_gpu_list
+from asrfleet.fleet.plan import FleetOptions
+
+COMMANDS = ("up", "status", "stop", "restart", "logs")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python launcher.py",
+        description="A supervised, load-balanced fleet of speech-recognition instances: one per GPU.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _up_parser(sub.add_parser("up", help="start the fleet, or change the running one (the default)"))
+    _common(sub.add_parser("status", help="instances, GPUs, ports, states; exit 1 when anything is down"))
+    _common(sub.add_parser("stop", help="stop every instance (finishing their work) and nginx"))
+    restart = _common(sub.add_parser("restart", help="rolling restart, one instance at a time"))
+    restart.add_argument("instance", nargs="?", help="only this one (e.g. asr-1)")
+    restart.add_argument("--ready-timeout", type=float, default=900.0)
+    logs = _common(sub.add_parser("logs", help="an instance's log"))
+    logs.add_argument("instance")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    logs.add_argument("-f", "--follow", action="store_true")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--run-dir", default="run", help="where configs, logs and sockets live (default: ./run)")
+    p.add_argument("--ssh-host", default=None, help="the name your laptop reaches this machine by")
+    p.add_argument("--ssh-user", default=None)
+    p.add_argument("--ssh-port", type=int, default=None)
+    return p
+
+
+def _up_parser(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    g = p.add_argument_group("fleet")
+    g.add_argument("--instances", type=int, default=None, help="default: one per GPU (or 1 without GPUs)")
+    g.add_argument("--gpus", default=None, help="use only these GPUs, e.g. 0,2")
+    g.add_argument("--per-gpu", type=int, default=1, help="instances per GPU (they share its memory)")
+    g.add_argument("--base-port", type=int, default=6006, help="instance i listens on base-port + i")
+    g.add_argument("--lb-host", default="127.0.0.1", help="nginx listens here; 0.0.0.0 faces the network")
+    g.add_argument("--lb-port", type=int, default=8000)
+    g.add_argument("--nginx", default="nginx", help="the nginx binary")
+    g.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the models")
+    add_engine_options(p)
+    p.set_defaults(host="127.0.0.1", port=6006, name="asr", temp_dir=None, root_path="")
+
+
+def fleet_options(args: argparse.Namespace) -> FleetOptions:
+    if args.instances is not None and args.instances < 1:
+        raise ValueError("--instances must be at least 1")
+    if args.per_gpu < 1:
+        raise ValueError("--per-gpu must be at least 1")
+    return FleetOptions(
+        instance=InstanceConfig.from_namespace(args),
+        instances=args.instances,
+        gpus=tuple(parse_gpu_list(args.gpus)) if args.gpus else None,
+        per_gpu=args.per_gpu,
+        base_port=args.base_port,
+        lb_host=args.lb_host,
+        lb_port=args.lb_port,
+        run_dir=Path(args.run_dir),
+        nginx=args.nginx,
+        ready_timeout_s=args.ready_timeout,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv.insert(0, "up")  # `python launcher.py --instances 2` means `up`
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ssh = SshOptions(args.ssh_host, args.ssh_user, args.ssh_port)
+    run_dir = Path(args.run_dir)
+    try:
+        if args.command == "up":
+            try:
+                options = fleet_options(args)
+            except ValueError as err:
+                parser.error(str(err))
+            return commands.up(options, ssh)
+        if args.command == "status":
+            return commands.status(run_dir, ssh)
+        if args.command == "stop":
+            return commands.stop(run_dir)
+        if args.command == "restart":
+            return commands.restart(run_dir, args.instance, args.ready_timeout)
+        return commands.logs(run_dir, args.instance, args.lines, args.follow)
+    except LaunchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,156 @@
+"""From what the user asked for and what the machine has, to a FleetSpec: pure, no side effects.
+
+One instance per GPU by default, each pinned to it with CUDA_VISIBLE_DEVICES, on consecutive ports.
+`--per-gpu K` puts K on one card (they split its memory); a machine without GPUs gets CPU instances
+that split its cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asrfleet.config import InstanceConfig
+from asrfleet.fleet.gpus import Gpu
+from asrfleet.fleet.spec import DEFAULT_HOST, DEFAULT_LB_PORT, FleetSpec, InstanceSpec, make_instance
+
+# What one Paraformer-large instance holds on its GPU, for the --per-gpu warning: the CUDA
+# context, the weights (Paraformer-large 220 M parameters plus CT-Transformer punctuation), and the
+# batch working memory per padded second of audio.
+_CONTEXT_GIB = 0.5
+_WEIGHTS_GIB = {False: 1.2, True: 0.7}  # fp32, fp16
+_BATCH_GIB_PER_S = {False: 0.004, True: 0.002}
+
+
+class PlanError(ValueError):
+    """The fleet asked for cannot run on this machine; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class FleetOptions:
+    """Everything `python launcher.py up` was asked for."""
+
+    instance: InstanceConfig = field(default_factory=InstanceConfig)
+    instances: int | None = None  # None: one per GPU (times --per-gpu), or one on a CPU host
+    gpus: tuple[int, ...] | None = None
+    per_gpu: int = 1
+    base_port: int = 6006
+    lb_host: str = DEFAULT_HOST
+    lb_port: int = DEFAULT_LB_PORT
+    run_dir: Path = Path("run")
+    nginx: str = "nginx"
+    ready_timeout_s: float = 900.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: FleetSpec
+    configs: tuple[InstanceConfig, ...]
+    warnings: tuple[str, ...]
+
+
+def plan_fleet(opts: FleetOptions, gpus: list[Gpu], cpus: int, python: str, project_dir: Path) -> Plan:
+    run_dir = opts.run_dir.resolve()
+    if gpus and opts.instance.device != "cpu":
+        configs, warnings = _gpu_configs(opts, gpus, cpus)
+    else:
+        configs, warnings = _cpu_configs(opts, cpus)
+    instances = []
+    for index, (config, gpu) in enumerate(configs):
+        temp_dir = run_dir / "tmp" / f"asr-{index}"
+        config = config.replace(name=f"asr-{index}", port=opts.base_port + index, temp_dir=temp_dir)
+        command = (python, "-m", "instances", *config.to_argv())
+        instances.append(make_instance(index, port=config.port, command=command, run_dir=run_dir, gpu=gpu))
+        configs[index] = (config, gpu)
+    spec = FleetSpec(
+        run_dir=run_dir,
+        project_dir=project_dir,
+        instances=tuple(instances),
+        max_body_bytes=opts.instance.max_file_size,
+        lb_host=opts.lb_host,
+        lb_port=opts.lb_port,
+        nginx_binary=opts.nginx,
+        nginx_user=_root_name(),
+    )
+    return Plan(spec, tuple(c for c, _ in configs), tuple(warnings))
+
+
+def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cpus: int) -> tuple[list, list[str]]:
+    slots = len(gpus) * opts.per_gpu
+    count = opts.instances or slots
+    if count > slots:
+        raise PlanError(
+            f"{count} instances need {math.ceil(count / opts.per_gpu)} GPUs at --per-gpu {opts.per_gpu}, "
+            f"but {len(gpus)} {'is' if len(gpus) == 1 else 'are'} available "
+            f"({', '.join(str(g.index) for g in gpus)}); use --per-gpu to run several on one GPU"
+        )
+    assigned = [gpus[i % len(gpus)] for i in range(count)]  # spread over the cards first
+    per_card = Counter(g.index for g in assigned)
+    cpus_each = max(1, cpus // count)
+    configs = []
+    for gpu in assigned:
+        config = opts.instance.replace(
+            device="cuda",
+            threads=opts.instance.threads or min(4, cpus_each),
+            workers=opts.instance.workers or max(1, min(12, cpus_each - 1)),
+            gpu_memory_share=opts.instance.gpu_memory_share / per_card[gpu.index],
+        )
+        configs.append((config, str(gpu.index)))
+    return configs, _sharing_warnings(opts.instance, assigned, per_card)
+
+
+def _sharing_warnings(config: InstanceConfig, assigned: list[Gpu], per_card: Counter) -> list[str]:
+    warnings = []
+    each = estimate_gpu_gib(config)
+    for gpu in {g.index: g for g in assigned}.values():
+        k = per_card[gpu.index]
+        if k > 1:
+            total = gpu.memory_total_bytes / 2**30
+            warnings.append(
+                f"GPU {gpu.index} ({gpu.name}, {total:.0f} GiB) runs {k} instances: each needs about "
+                f"{each:.1f} GiB, {k * each:.1f} GiB in all, and they take turns on its compute"
+            )
+    return warnings
+
+
+def estimate_gpu_gib(config: InstanceConfig) -> float:
+    return _CONTEXT_GIB + _WEIGHTS_GIB[config.fp16] + _BATCH_GIB_PER_S[config.fp16] * config.batch_size_s
+
+
+def _cpu_configs(opts: FleetOptions, cpus: int) -> tuple[list, list[str]]:
+    count = opts.instances or 1
+    threads = opts.instance.threads or max(1, cpus // count)
+    config = opts.instance.replace(device="cpu", threads=threads, workers=opts.instance.workers or 1)
+    warning = (
+        f"no GPU found: running {count} CPU instance{'s' * (count > 1)} with {threads} thread"
+        f"{'s' * (threads > 1)} each ({cpus} CPUs); transcription will be slow"
+    )
+    return [(config, None) for _ in range(count)], [warning]
+
+
+def _root_name() -> str | None:
+    import os
+    import pwd
+
+    return pwd.getpwuid(0).pw_name if os.geteuid() == 0 else None
+
+
+def with_draining(spec: FleetSpec, names: set[str]) -> FleetSpec:
+    """`names` take no new sessions; their own sessions still reach them."""
+    return dataclasses.replace(spec, draining=frozenset(names), down=frozenset())
+
+
+def with_down(spec: FleetSpec, names: set[str]) -> FleetSpec:
+    """`names` get nothing: even their own sessions go to the other instances."""
+    return dataclasses.replace(spec, draining=frozenset(), down=frozenset(names))
+
+
+def instance_by_name(spec: FleetSpec, name: str) -> InstanceSpec:
+    for instance in spec.instances:
+        if instance.name == name:
+            return instance
+    known = ", ".join(i.name for i in spec.instances)
+    raise PlanError(f"no instance {name!r} in this fleet ({known})")

@@ -1,0 +1,42 @@
+"""Readiness probes of the instances: real HTTP requests with a timeout, not "the PID exists"."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import httpx
+
+from asrfleet.fleet.spec import InstanceSpec
+
+PROBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    status: str  # "ready", "loading", "failed", "down" (no answer)
+    detail: dict = field(default_factory=dict)
+
+
+def instance_url(instance: InstanceSpec) -> str:
+    host = f"[{instance.host}]" if ":" in instance.host else instance.host
+    return f"http://{host}:{instance.port}"
+
+
+def probe(instance: InstanceSpec, timeout: float = PROBE_TIMEOUT_S) -> Readiness:
+    try:
+        response = httpx.get(instance_url(instance) + "/readyz", timeout=timeout)
+    except httpx.HTTPError:
+        return Readiness(False, "down")
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code == 200:
+        return Readiness(True, "ready", body)
+    return Readiness(False, str(body.get("status", f"http {response.status_code}")), body)
+
+
+def is_quiet(readiness: Readiness, quiet_s: float) -> bool:
+    """No request in flight and none for `quiet_s` seconds: safe to stop."""
+    return readiness.detail.get("active_requests", 0) == 0 and readiness.detail.get("idle_s", 0) >= quiet_s

@@ -1,0 +1,176 @@
+"""A real fleet: supervisord, nginx and two CPU instances of the small test model, started by
+`python launcher.py --instances 2`, used through nginx, crashed, restarted and resized."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from fleetctl import launcher, teardown
+from gradio_client import Client, handle_file
+
+import media
+from asrfleet.fleet import state
+from asrfleet.fleet.control import Supervisor
+from procs import free_port
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def fleet(paraformer_args, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fleet") / "run"
+    lb_port, base_port = free_port(), free_port()
+    args = [
+        "--instances",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--lb-port",
+        str(lb_port),
+        "--base-port",
+        str(base_port),
+        *_engine_args(paraformer_args),
+    ]
+    try:
+        started = launcher(*args, "--ssh-host", "10.200.0.1", "--ssh-port", "2222")
+        yield {
+            "run_dir": run_dir,
+            "url": f"http://127.0.0.1:{lb_port}",
+            "args": args,
+            "up": started.stdout,
+            "lb_port": lb_port,
+            "base_port": base_port,
+        }
+    finally:
+        teardown(run_dir)
+
+
+def _engine_args(paraformer_args: list[str]) -> list[str]:
+    """The instance options the launcher passes on (threads and workers it decides itself)."""
+    keep, skip = [], {"--threads", "--workers", "--device"}
+    it = iter(paraformer_args)
+    for arg in it:
+        value = next(it)
+        if arg not in skip:
+            keep += [arg, value]
+    return keep
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("audio")
+    return media.write_format(folder, media.conversation(media.ZH_SENTENCES[:2]), "mp3", "standup")
+
+
+def transcribe(url: str, path: Path) -> str:
+    client = Client(url, verbose=False)
+    text, *_ = client.predict(handle_file(str(path)), "", api_name="/transcribe")
+    return client.cookies.get("asr_route", "?"), text
+
+
+def test_up_prints_the_table_the_url_and_one_ssh_command(fleet):
+    out = fleet["up"]
+    assert re.search(
+        rf"asr-0\s+cpu\s+{fleet['base_port']}\s+http://127.0.0.1:{fleet['base_port']}\s+ready", out
+    )
+    assert re.search(rf"asr-1\s+cpu\s+{fleet['base_port'] + 1}\s+\S+\s+ready", out)
+    assert f"nginx: http://127.0.0.1:{fleet['lb_port']}" in out
+    ssh_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("ssh ")]
+    assert len(ssh_lines) == 1
+    for port in (fleet["lb_port"], fleet["base_port"], fleet["base_port"] + 1):
+        assert f"-L {port}:127.0.0.1:{port}" in ssh_lines[0]
+
+
+def test_sessions_through_nginx_reach_both_instances(fleet, recording):
+    results = []
+    threads = [
+        threading.Thread(target=lambda: results.append(transcribe(fleet["url"], recording))) for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 6 and all(text for _, text in results)
+    assert len({text for _, text in results}) == 1  # the same model everywhere
+    assert {route for route, _ in results} == {"asr-0", "asr-1"}
+
+
+def test_status(fleet):
+    result = launcher("status", "--run-dir", str(fleet["run_dir"]))
+    assert result.returncode == 0 and result.stdout.count(" ready") == 2
+
+
+def test_nginx_is_healthy_and_limits_uploads_like_the_instances(fleet):
+    assert httpx.get(fleet["url"] + "/healthz").text == "ok\n"
+    assert httpx.get(fleet["url"] + "/readyz").json()["status"] == "ready"
+
+
+def test_sigkill_an_instance_and_it_comes_back(fleet, recording):
+    spec = state.load(fleet["run_dir"])
+    supervisor = Supervisor(spec.socket_path)
+    victim = supervisor.processes()["asr-0"]
+    os.kill(victim.pid, signal.SIGKILL)
+    # While it is down, nginx sends its sessions to the other instance.
+    assert transcribe(fleet["url"], recording)[1]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        info = supervisor.processes()["asr-0"]
+        ready = launcher("status", "--run-dir", str(fleet["run_dir"]), check=False).returncode == 0
+        if info.pid not in (0, victim.pid) and ready:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("asr-0 did not come back")
+    assert transcribe(f"http://127.0.0.1:{fleet['base_port']}", recording)[1]
+
+
+def test_rolling_restart_under_a_steady_stream_loses_nothing(fleet, recording):
+    stop = threading.Event()
+    done, failed = [], []
+
+    def client_loop():
+        while not stop.is_set():
+            try:
+                done.append(transcribe(fleet["url"], recording))
+            except Exception as err:  # every failure is a lost request
+                failed.append(repr(err))
+            time.sleep(0.5)  # a steady stream, not a tight loop: see README, "Restarts"
+
+    workers = [threading.Thread(target=client_loop) for _ in range(3)]
+    for w in workers:
+        w.start()
+    time.sleep(2)
+    result = launcher("restart", "--run-dir", str(fleet["run_dir"]))
+    time.sleep(2)
+    stop.set()
+    for w in workers:
+        w.join()
+    assert "asr-0 is back" in result.stdout and "asr-1 is back" in result.stdout
+    assert failed == []
+    assert len(done) >= 10
+
+
+def test_launching_again_reports_the_running_fleet(fleet):
+    result = launcher(*fleet["args"])
+    assert "already running" in result.stdout and result.stdout.count(" ready") == 2
+
+
+def test_launching_again_with_more_instances_reconciles(fleet, recording):
+    result = launcher(*[a if a != "2" else "3" for a in fleet["args"]])
+    assert re.search(r"asr-2\s+cpu\s+\d+\s+\S+\s+ready", result.stdout)
+    assert transcribe(f"http://127.0.0.1:{fleet['base_port'] + 2}", recording)[1]
+    result = launcher(*fleet["args"])
+    assert "asr-2" not in result.stdout.split("INSTANCE")[-1]
+    assert "asr-2" not in Supervisor(state.load(fleet["run_dir"]).socket_path).processes()
+
+
+def test_logs(fleet):
+    result = launcher("logs", "asr-1", "--run-dir", str(fleet["run_dir"]), "-n", "5")
+    assert len(result.stdout.strip().splitlines()) <= 5 and "asr-1" in result.stdout
