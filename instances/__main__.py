@@ -76,8 +76,11 @@ def _load(transcriber, state, server) -> None:
     try:
         transcriber.load()
     except Exception as err:  # any load failure ends the process: supervisord decides what next
-        log.exception("loading the models failed")
-        state.failed = f"{type(err).__name__}: {err}"
+        log.debug("loading the models failed", exc_info=True)
+        summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        log.error("loading the models failed: %s", summary, exc_info=not isinstance(err, ValueError))
+        log.error("exiting: %s", summary)  # last in the log, where `launcher.py status` looks
+        state.failed = summary
         server.should_exit = True
         return
     log.info("ready after %.1f s", time.time() - state.started)

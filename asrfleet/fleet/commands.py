@@ -357,7 +357,8 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
     failed = []
     for instance in spec.instances:
         info = states.get(instance.name)
-        readiness = probe(instance) if info and info.state == RUNNING else Readiness(False, "down")
+        alive = info is not None and info.state in (RUNNING, "STARTING")
+        readiness = probe(instance) if alive else Readiness(False, "down")
         shown = _state_text(info.state if info else "MISSING", readiness)
         healthy &= readiness.ready
         if info is not None and info.state == "FATAL":
@@ -379,10 +380,10 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
 
 
 def _state_text(process_state: str, readiness: Readiness) -> str:
-    if process_state != RUNNING:
-        return process_state
     if readiness.ready:
         return "ready"
+    if process_state not in (RUNNING, "STARTING"):
+        return process_state
     return readiness.status
 
 

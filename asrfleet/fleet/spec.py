@@ -75,7 +75,10 @@ class InstanceSpec:
 class SupervisorSettings:
     """How supervisord starts, restarts and stops every instance, and how it rotates their logs."""
 
-    startsecs: int = 10  # up this long without exiting counts as started
+    # Up this long counts as started: long enough to load the models, so that an instance that
+    # fails while loading is a failed start (retried startretries times, then FATAL), not a crash
+    # after a good start (which autorestart would retry forever).
+    startsecs: int = 60
     startretries: int = 3  # failed starts in a row before the program is FATAL
     stopwaitsecs: int = 60  # an instance finishes its in-flight work on SIGTERM; then SIGKILL
     autorestart: bool = True

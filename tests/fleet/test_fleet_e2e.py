@@ -3,9 +3,14 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -174,3 +179,119 @@ def test_launching_again_with_more_instances_reconciles(fleet, recording):
 def test_logs(fleet):
     result = launcher("logs", "asr-1", "--run-dir", str(fleet["run_dir"]), "-n", "5")
     assert len(result.stdout.strip().splitlines()) <= 5 and "asr-1" in result.stdout
+
+
+# -- reaching the fleet from a laptop over SSH ---------------------------------------------------
+
+HOST_IP, LAPTOP_IP, SSH_PORT = "10.200.0.1", "10.200.0.2", "2222"
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=check)
+
+
+@pytest.fixture(scope="module")
+def laptop(tmp_path_factory):
+    """A second host: a network namespace joined to this one by a veth pair, and a real sshd here
+    (key auth only) listening on this side of the link."""
+    if os.geteuid() != 0 or not shutil.which("ip") or not Path("/usr/sbin/sshd").exists():
+        pytest.skip("needs root, iproute2 and openssh-server (.ci/run installs them)")
+    ns = f"asrlaptop{os.getpid()}"
+    veth = f"vh{os.getpid() % 100000}"
+    if _run("ip", "netns", "add", ns, check=False).returncode != 0:
+        pytest.skip("cannot create a network namespace here")
+    folder = tmp_path_factory.mktemp("ssh")
+    sshd = None
+    try:
+        _run("ip", "link", "add", veth, "type", "veth", "peer", "name", "vl0", "netns", ns)
+        _run("ip", "addr", "add", f"{HOST_IP}/24", "dev", veth)
+        _run("ip", "link", "set", veth, "up")
+        for cmd in (
+            ["ip", "addr", "add", f"{LAPTOP_IP}/24", "dev", "vl0"],
+            ["ip", "link", "set", "vl0", "up"],
+            ["ip", "link", "set", "lo", "up"],
+        ):
+            _run("ip", "netns", "exec", ns, *cmd)
+        for key in ("host_key", "user_key"):
+            _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / key))
+        (folder / "authorized_keys").write_text((folder / "user_key.pub").read_text())
+        config = folder / "sshd_config"
+        config.write_text(
+            "\n".join(
+                [
+                    f"Port {SSH_PORT}",
+                    f"ListenAddress {HOST_IP}",
+                    f"HostKey {folder / 'host_key'}",
+                    f"AuthorizedKeysFile {folder / 'authorized_keys'}",
+                    f"PidFile {folder / 'sshd.pid'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "AllowTcpForwarding yes",
+                    "",
+                ]
+            )
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)
+        sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
+        time.sleep(1)
+        assert sshd.poll() is None, sshd.stderr.read().decode()
+        yield {"ns": ns, "key": folder / "user_key"}
+    finally:
+        if sshd is not None:
+            sshd.terminate()
+            sshd.wait(timeout=10)
+        _run("ip", "netns", "del", ns, check=False)
+        _run("ip", "link", "del", veth, check=False)
+
+
+def test_the_printed_ssh_command_reaches_the_fleet_from_a_laptop(fleet, laptop, recording):
+    (command,) = [line.strip() for line in fleet["up"].splitlines() if line.strip().startswith("ssh ")]
+    argv = shlex.split(command)
+    assert argv[-1] == f"{getpass.getuser()}@{HOST_IP}" and argv[argv.index("-p") + 1] == SSH_PORT
+    options = [
+        "-i",
+        str(laptop["key"]),
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "ExitOnForwardFailure=yes",
+    ]
+    in_laptop = ["ip", "netns", "exec", laptop["ns"]]
+    tunnel = subprocess.Popen([*in_laptop, "ssh", *options, *argv[1:]], stderr=subprocess.PIPE)
+    try:
+        script = (
+            "import sys, httpx, time\n"
+            "from gradio_client import Client, handle_file\n"
+            "for _ in range(50):\n"
+            "    try:\n"
+            f"        httpx.get('http://127.0.0.1:{fleet['lb_port']}/healthz', timeout=1); break\n"
+            "    except httpx.HTTPError: time.sleep(0.2)\n"
+            f"print(httpx.get('http://127.0.0.1:{fleet['base_port'] + 1}/readyz').json()['name'])\n"
+            f"c = Client('http://127.0.0.1:{fleet['lb_port']}', verbose=False)\n"
+            f"print(c.predict(handle_file(sys.argv[1]), '', api_name='/transcribe')[0])\n"
+        )
+        result = _run(*in_laptop, sys.executable, "-c", script, str(recording), check=False)
+        assert result.returncode == 0, result.stderr + (
+            tunnel.stderr.read1().decode() if tunnel.poll() else ""
+        )
+        name, text = result.stdout.strip().splitlines()
+        assert name == "asr-1" and text == transcribe(fleet["url"], recording)[1]
+    finally:
+        tunnel.terminate()
+        tunnel.wait(timeout=10)
+    # And the laptop cannot reach the fleet without the tunnel: it listens on loopback only.
+    direct = _run(
+        *in_laptop,
+        "python3",
+        "-c",
+        f"import socket; socket.create_connection(('{HOST_IP}', {fleet['lb_port']}), timeout=2)",
+        check=False,
+    )
+    assert direct.returncode != 0

@@ -183,7 +183,7 @@ def test_supervisord_program_settings(parsed) -> None:
         assert config.stdout_logfile_backups == settings.logfile_backups
         assert config.redirect_stderr is True
         assert config.stopasgroup is True and config.killasgroup is True
-        assert (config.startsecs, config.startretries, config.stopwaitsecs) == (10, 3, 60)
+        assert (config.startsecs, config.startretries, config.stopwaitsecs) == (60, 3, 60)
         assert config.autorestart is RestartUnconditionally and config.autostart is True
         assert config.stopsignal == 15
 

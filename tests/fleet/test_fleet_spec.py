@@ -109,7 +109,7 @@ def test_fleet_defaults_and_paths() -> None:
 
 def test_supervisor_defaults() -> None:
     settings = SupervisorSettings()
-    assert (settings.startsecs, settings.startretries, settings.stopwaitsecs) == (10, 3, 60)
+    assert (settings.startsecs, settings.startretries, settings.stopwaitsecs) == (60, 3, 60)
     assert settings.autorestart is True
     assert (settings.logfile_maxbytes, settings.logfile_backups) == (50 * 1024 * 1024, 5)
     with pytest.raises(ValueError):

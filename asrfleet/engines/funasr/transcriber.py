@@ -110,7 +110,10 @@ class FunasrTranscriber:
             raise ValueError("the paraformer engine needs a VAD model (--vad-model)")
 
         def get(name: str, option: str) -> Path:
-            return resolve(ModelRequest(name, "funasr", option), cfg.hub, cfg.model_cache)
+            folder = resolve(ModelRequest(name, "funasr", option), cfg.hub, cfg.model_cache)
+            if not any((folder / f).exists() for f in ("config.yaml", "configuration.json")):
+                raise ValueError(f"{option} {folder}: not a FunASR model directory (no config.yaml)")
+            return folder
 
         punc = get(cfg.punc_model, "--punc-model") if cfg.punc_model else None
         return get(cfg.model, "--model"), get(cfg.vad_model, "--vad-model"), punc

@@ -1,0 +1,70 @@
+"""Planning a fleet from what was asked and what the machine has: pure, no processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asrfleet.config import InstanceConfig
+from asrfleet.fleet.gpus import Gpu
+from asrfleet.fleet.plan import FleetOptions, PlanError, plan_fleet
+
+GPUS = [Gpu(index=i, name="NVIDIA H200", memory_total_bytes=141 * 2**30, uuid=f"GPU-{i}") for i in range(4)]
+
+
+def plan(gpus=GPUS, cpus=64, **options):
+    opts = FleetOptions(run_dir=Path("/srv/run"), **options)
+    return plan_fleet(opts, gpus, cpus, "/venv/bin/python", Path("/srv/repo"))
+
+
+def test_one_instance_per_gpu_on_consecutive_ports():
+    p = plan()
+    assert [(i.name, i.gpu, i.port) for i in p.spec.instances] == [
+        ("asr-0", "0", 6006),
+        ("asr-1", "1", 6007),
+        ("asr-2", "2", 6008),
+        ("asr-3", "3", 6009),
+    ]
+    for instance, config in zip(p.spec.instances, p.configs, strict=True):
+        assert instance.environment["CUDA_VISIBLE_DEVICES"] == instance.gpu
+        assert config.device == "cuda" and config.temp_dir == instance.temp_dir
+        assert InstanceConfig.from_argv(list(instance.command[3:])) == config
+    assert len({i.temp_dir for i in p.spec.instances}) == 4
+    assert p.warnings == ()
+
+
+def test_chosen_gpus_and_base_port():
+    p = plan(gpus=[GPUS[0], GPUS[2]], base_port=7000)
+    assert [(i.gpu, i.port) for i in p.spec.instances] == [("0", 7000), ("2", 7001)]
+
+
+def test_more_instances_than_gpus_is_an_error():
+    with pytest.raises(PlanError, match="3 instances need 3 GPUs.*2 are available.*--per-gpu"):
+        plan(gpus=GPUS[:2], instances=3)
+
+
+def test_per_gpu_shares_a_card_with_a_memory_warning():
+    p = plan(gpus=GPUS[:2], instances=3, per_gpu=2)
+    assert [i.gpu for i in p.spec.instances] == ["0", "1", "0"]
+    assert p.configs[0].gpu_memory_share == pytest.approx(0.25)  # two on GPU 0 split its share
+    assert p.configs[1].gpu_memory_share == pytest.approx(0.5)
+    (warning,) = p.warnings
+    assert "GPU 0" in warning and "2 instances" in warning and "GiB" in warning
+
+
+def test_cpu_host_splits_the_cores_with_a_warning():
+    p = plan(gpus=[], cpus=16, instances=4)
+    assert all(c.device == "cpu" and c.threads == 4 for c in p.configs)
+    assert all(i.environment["CUDA_VISIBLE_DEVICES"] == "" for i in p.spec.instances)
+    assert "no GPU found" in p.warnings[0] and "4 threads each" in p.warnings[0]
+
+
+def test_gpu_instances_split_the_cpus_for_decoding_workers():
+    p = plan(cpus=32)
+    assert all(c.workers == 7 and c.threads == 4 for c in p.configs)  # 32 / 4 - 1 decoding processes
+
+
+def test_nginx_takes_the_upload_limit_of_the_instances():
+    p = plan(instance=InstanceConfig(max_file_size=123 * 2**20))
+    assert p.spec.max_body_bytes == 123 * 2**20
