@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Transcriber
+from instances.openai_api import add_openai_routes
 from instances.routing import Activity, RouteCookie
 from instances.service import InstanceDirs, TranscriptionService
 from instances.ui import build_ui
@@ -36,6 +37,7 @@ def build_app(
     activity = Activity()
     app.add_middleware(RouteCookie, name=config.name, activity=activity)
     _add_health_routes(app, config, transcriber, state, activity)
+    add_openai_routes(app, service)
     demo = build_ui(service)
     app = gr.mount_gradio_app(
         app,

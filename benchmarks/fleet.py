@@ -1,0 +1,114 @@
+"""Several GPUs: the fleet through nginx against one instance, started by the real launcher.
+
+    python -m benchmarks.fleet --audio DIR --vad-model DIR --nginx PATH --out benchmarks/results/fleet.json
+
+One fleet of N instances (one per GPU) is started; one instance is measured directly on its port
+at concurrency C, then the fleet through nginx at C x N; for N = 4 the fleet is then reconciled to
+2 instances and measured at C x 2. The same recordings everywhere (repeated as needed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import load
+from benchmarks.one_gpu import build_model
+from benchmarks.workload import collect, total_s
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def launcher(*args: str) -> str:
+    result = subprocess.run([sys.executable, "launcher.py", *args], cwd=REPO, capture_output=True, text=True)
+    print(result.stdout[-1500:], result.stderr[-1500:], flush=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"launcher {args[:1]} exited {result.returncode}")
+    return result.stdout
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.fleet")
+    p.add_argument("--audio", type=Path, required=True)
+    p.add_argument("--vad-model", type=Path, required=True)
+    p.add_argument("--nginx", default="nginx")
+    p.add_argument("--gpus", type=int, required=True)
+    p.add_argument("--per-instance-concurrency", type=int, default=32)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--procs", type=int, default=8)
+    p.add_argument("--size", choices=("large", "tiny"), default="large")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    model = build_model(args.work, args.size)
+    recordings = collect([args.audio]) * args.repeat
+    run_dir = args.work / "fleet-run"
+    common = [
+        "--run-dir",
+        str(run_dir),
+        "--model",
+        str(model),
+        "--vad-model",
+        str(args.vad_model),
+        "--no-punc",
+        "--nginx",
+        args.nginx,
+        "--max-queue",
+        "1024",
+        "--device",
+        args.device,
+    ]
+    if args.device == "cuda":
+        common.append("--fp16")
+    c = args.per_instance_concurrency
+    result = {
+        "hardware": load.hardware(),
+        "files": len(recordings),
+        "audio_s": round(total_s(recordings), 1),
+        "per_instance_concurrency": c,
+        "runs": [],
+    }
+    try:
+        out = launcher("--instances", str(args.gpus), *common)
+        result["launcher_output"] = out
+        result["runs"].append(
+            {
+                "config": "1 instance (direct)",
+                "instances": 1,
+                **load.run("http://127.0.0.1:6006", recordings, [c], procs=args.procs),
+            }
+        )
+        result["runs"].append(
+            {
+                "config": f"fleet of {args.gpus} via nginx",
+                "instances": args.gpus,
+                **load.run("http://127.0.0.1:8000", recordings, [c * args.gpus], procs=args.procs),
+            }
+        )
+        if args.gpus >= 4:
+            launcher("--instances", "2", *common)
+            result["runs"].append(
+                {
+                    "config": "fleet of 2 via nginx",
+                    "instances": 2,
+                    **load.run("http://127.0.0.1:8000", recordings, [c * 2], procs=args.procs),
+                }
+            )
+    finally:
+        subprocess.run([sys.executable, "launcher.py", "stop", "--run-dir", str(run_dir)], cwd=REPO)
+        args.out.write_text(json.dumps(result, indent=2))
+    single = result["runs"][0]["levels"][0]["rtfx"]
+    for run in result["runs"]:
+        rtfx = run["levels"][0]["rtfx"]
+        print(f"{run['config']:<24} {rtfx:>9.1f}x real time  {rtfx / single:5.2f}x one instance", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

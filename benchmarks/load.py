@@ -1,0 +1,266 @@
+"""Load generator: drive any instance or fleet URL with real recordings, report what it measured.
+
+    python -m benchmarks.load --url http://127.0.0.1:8000 --audio ../shared/audio/zh-aishell-S0150 \
+        --concurrency 1,8,32 --out result.json
+
+Each concurrency level is a closed loop: that many virtual users, each sending its next recording
+as soon as its last one is answered, until the workload is done. Reported per level: audio seconds
+per wall second (RTFx), latency percentiles per request and per audio second, errors, and the peak
+GPU memory of every process on the machine's GPUs (NVML), which is each instance's peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import platform
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+from benchmarks.gradio_protocol import GradioEvent
+from benchmarks.workload import Recording, collect, total_s
+
+
+@dataclass
+class Sample:
+    duration_s: float
+    latency_s: float
+    error: str | None = None
+
+
+# -- one process of virtual users ----------------------------------------------------------------
+
+
+async def _user(url: str, api: str, queue: asyncio.Queue, samples: list[Sample], timeout: float) -> None:
+    async with httpx.AsyncClient(base_url=url, timeout=timeout) as client:
+        event = GradioEvent(client) if api == "gradio" else None
+        while True:
+            try:
+                recording: Recording = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            try:
+                if event is not None:
+                    await event.call(recording.path, "")
+                else:
+                    await _openai_call(client, recording.path)
+                samples.append(Sample(recording.duration_s, time.perf_counter() - started))
+            except Exception as err:  # every failure is counted and reported, none stops the run
+                samples.append(Sample(recording.duration_s, time.perf_counter() - started, repr(err)[:300]))
+
+
+async def _openai_call(client: httpx.AsyncClient, path: Path) -> dict:
+    with open(path, "rb") as f:
+        response = await client.post(
+            "/v1/audio/transcriptions", files={"file": (path.name, f)}, data={"model": "default"}
+        )
+    response.raise_for_status()
+    return response.json()
+
+
+async def _run_users(
+    url: str, api: str, recordings: list[Recording], users: int, timeout: float
+) -> list[Sample]:
+    queue: asyncio.Queue = asyncio.Queue()
+    for r in recordings:
+        queue.put_nowait(r)
+    samples: list[Sample] = []
+    await asyncio.gather(*(_user(url, api, queue, samples, timeout) for _ in range(users)))
+    return samples
+
+
+def _process_main(url, api, recordings, users, timeout, start_at, out_queue) -> None:
+    time.sleep(max(0.0, start_at - time.time()))  # every process starts together
+    samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
+    out_queue.put([asdict(s) for s in samples])
+
+
+def run_level(url: str, api: str, recordings: list[Recording], concurrency: int, procs: int, timeout: float):
+    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds)."""
+    procs = max(1, min(procs, concurrency))
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 3.0  # time for the processes to import
+    workers = []
+    for p in range(procs):
+        share = recordings[p::procs]
+        users = concurrency // procs + (1 if p < concurrency % procs else 0)
+        workers.append(
+            ctx.Process(target=_process_main, args=(url, api, share, users, timeout, start_at, out))
+        )
+    for w in workers:
+        w.start()
+    samples = [Sample(**s) for _ in workers for s in out.get()]
+    wall = time.time() - start_at
+    for w in workers:
+        w.join()
+    return samples, wall
+
+
+# -- GPU memory ------------------------------------------------------------------------------------
+
+
+class GpuMemory:
+    """Samples NVML every 0.2 s: the peak memory of each process using a GPU."""
+
+    def __init__(self) -> None:
+        self.peaks: dict[int, int] = {}
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml = pynvml
+            self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:  # no NVML here: no GPU numbers, the rest of the run is unaffected
+            self._nvml = None
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> GpuMemory:
+        if self._nvml is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for handle in self._handles:
+                for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    used = proc.usedGpuMemory or 0
+                    self.peaks[proc.pid] = max(self.peaks.get(proc.pid, 0), used)
+            self._stop.wait(0.2)
+
+    def by_process(self) -> dict[str, int]:
+        return {_process_label(pid): peak for pid, peak in sorted(self.peaks.items())}
+
+
+def _process_label(pid: int) -> str:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        words = [a.decode() for a in argv if a]
+        name = words[words.index("--name") + 1] if "--name" in words else " ".join(words[1:4])
+        return f"{name} (pid {pid})"
+    except (OSError, ValueError, IndexError):
+        return f"pid {pid}"
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = (len(values) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(values) - 1)
+    return values[lo] + (values[hi] - values[lo]) * (k - lo)
+
+
+def summarize(samples: list[Sample], wall: float, concurrency: int, gpu: dict[str, int]) -> dict:
+    ok = [s for s in samples if s.error is None]
+    audio = sum(s.duration_s for s in ok)
+    latency = [s.latency_s for s in ok]
+    per_audio = [s.latency_s / s.duration_s for s in ok if s.duration_s > 0]
+    errors = [s.error for s in samples if s.error is not None]
+    return {
+        "concurrency": concurrency,
+        "requests": len(samples),
+        "errors": len(errors),
+        "error_examples": sorted(set(errors))[:5],
+        "audio_s": round(audio, 2),
+        "wall_s": round(wall, 3),
+        "rtfx": round(audio / wall, 1) if wall > 0 else 0.0,
+        "latency_s": {
+            "p50": round(percentile(latency, 0.5), 3),
+            "p95": round(percentile(latency, 0.95), 3),
+            "mean": round(statistics.fmean(latency), 3) if latency else None,
+        },
+        "latency_per_audio_s": {
+            "p50": round(percentile(per_audio, 0.5), 4),
+            "p95": round(percentile(per_audio, 0.95), 4),
+        },
+        "gpu_peak_bytes_by_process": gpu,
+    }
+
+
+def hardware() -> dict:
+    info = {"host": platform.node(), "cpus": mp.cpu_count(), "python": platform.python_version()}
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        info["gpus"] = [
+            pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(i))
+            for i in range(pynvml.nvmlDeviceGetCount())
+        ]
+    except Exception:
+        info["gpus"] = []
+    return info
+
+
+def run(
+    url: str,
+    recordings: list[Recording],
+    levels: list[int],
+    api: str = "gradio",
+    procs: int = 1,
+    timeout: float = 3600.0,
+    label: str = "",
+) -> dict:
+    results = []
+    for concurrency in levels:
+        with GpuMemory() as gpu:
+            samples, wall = run_level(url, api, recordings, concurrency, procs, timeout)
+        level = summarize(samples, wall, concurrency, gpu.by_process())
+        print(
+            f"{label or url} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
+            f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
+            f"errors {level['errors']}/{level['requests']}",
+            flush=True,
+        )
+        results.append(level)
+    return {
+        "url": url,
+        "api": api,
+        "label": label,
+        "files": len(recordings),
+        "audio_s": round(total_s(recordings), 2),
+        "levels": results,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__.split("\n\n")[0])
+    p.add_argument("--url", required=True, help="an instance or the nginx URL")
+    p.add_argument("--audio", action="append", required=True, type=Path, help="a folder or file (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many files from each --audio")
+    p.add_argument("--repeat", type=int, default=1, help="send the workload this many times")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--api", choices=("gradio", "openai"), default="gradio")
+    p.add_argument("--procs", type=int, default=1, help="client processes (for hundreds of users)")
+    p.add_argument("--timeout", type=float, default=3600.0)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    recordings = collect(args.audio, args.limit) * args.repeat
+    levels = [int(c) for c in args.concurrency.split(",")]
+    print(f"{len(recordings)} recordings, {total_s(recordings):.0f} s of audio; {hardware()}", flush=True)
+    result = {"hardware": hardware(), **run(args.url, recordings, levels, args.api, args.procs, args.timeout)}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    return 0 if all(level["errors"] == 0 for level in result["levels"]) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""One GPU: our instance against the blog-style baseline and against the ASR-only limit, the same
+workload side by side; then a 3-hour recording's peak GPU memory, and fp16 against fp32.
+
+    python -m benchmarks.one_gpu --audio DIR --long FILE --vad-model DIR --out benchmarks/results/one_gpu.json
+
+Paraformer-large is built at its real sizes with FunASR's own classes and random weights (its
+compute per audio second is the real model's); VAD is FunASR's real fsmn-vad. ct-punc's real
+configuration could not be established, so punctuation is left out on both sides.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from benchmarks import limit, load
+from benchmarks.servers import server
+from benchmarks.workload import Recording, collect, total_s, write_wav
+
+
+def build_model(work: Path, size: str) -> Path:
+    from asrfleet.random_models import build_paraformer
+
+    folder = work / f"paraformer-{size}"
+    if not (folder / "model.pt").exists():
+        build_paraformer(folder, size=size)
+    return folder
+
+
+def instance_args(model: Path, vad: Path, port: int, device: str, fp16: bool, name: str) -> list[str]:
+    args = [
+        "-m",
+        "instances",
+        "--port",
+        str(port),
+        "--name",
+        name,
+        "--model",
+        str(model),
+        "--vad-model",
+        str(vad),
+        "--no-punc",
+        "--device",
+        device,
+        "--max-queue",
+        "1024",
+    ]
+    return args + (["--fp16"] if fp16 else [])
+
+
+def throughput(args, model: Path, utterances: list[Recording], mixed: list[Recording], logs: Path) -> dict:
+    levels = [int(c) for c in args.concurrency.split(",")]
+    out: dict = {}
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    out["limit"] = limit.measure(str(model), utterances, batch=128, device=device)
+    print("limit:", out["limit"], flush=True)
+    baseline = [
+        "-m",
+        "benchmarks.baseline_app",
+        "--port",
+        "7860",
+        "--model",
+        str(model),
+        "--vad-model",
+        str(args.vad_model),
+        "--device",
+        device,
+    ]
+    with server(baseline, 7860, logs / "baseline.log", "/config") as url:
+        out["baseline"] = load.run(url, utterances, levels, procs=args.procs, label="baseline")
+    ours = instance_args(model, args.vad_model, 6006, args.device, args.fp16, "asr-bench")
+    with server(ours, 6006, logs / "instance.log", "/readyz") as url:
+        out["ours"] = load.run(url, utterances, levels, procs=args.procs, label="ours")
+        out["ours_openai_api"] = load.run(
+            url, utterances, [max(levels)], api="openai", procs=args.procs, label="ours /v1"
+        )
+        out["ours_mixed"] = load.run(url, mixed, [max(levels)], procs=args.procs, label="ours mixed")
+        out["instance_stats"] = load_stats(url)
+    return out
+
+
+def load_stats(url: str) -> dict:
+    import httpx
+
+    return httpx.get(url + "/readyz", timeout=10).json().get("stats", {})
+
+
+def long_recording(args, model: Path, logs: Path, work: Path) -> dict:
+    """A 3-hour recording through a fresh fp16 instance: its peak GPU memory."""
+    import numpy as np
+
+    from asrfleet.audio import AudioLimits, decode_audio
+
+    samples = decode_audio(args.long, AudioLimits(2**31, 36000))
+    hours = args.long_hours
+    repeats = int(np.ceil(hours * 3600 * 16000 / samples.size))
+    path = write_wav(work / f"long-{hours}h.wav", np.tile(samples, repeats)[: int(hours * 3600 * 16000)])
+    recording = [Recording(path, hours * 3600)]
+    ours = instance_args(model, args.vad_model, 6007, args.device, True, "asr-long")
+    ours += ["--max-duration", str(hours * 3600 + 60), "--max-file-size", "4g"]
+    with server(ours, 6007, logs / "instance-long.log", "/readyz") as url:
+        started = time.perf_counter()
+        result = load.run(url, recording, [1], procs=1, label=f"{hours} h recording")
+        result["wall_s"] = round(time.perf_counter() - started, 1)
+        result["instance_stats"] = load_stats(url)
+    return result
+
+
+def precision(args, model: Path, utterances: list[Recording]) -> dict:
+    """fp16 against fp32 (ours), and ours in fp32 against FunASR's own pipeline, on the GPU."""
+    from asrfleet.config import InstanceConfig
+    from asrfleet.engines.funasr.transcriber import FunasrTranscriber
+
+    texts = {}
+    for fp16 in (False, True):
+        config = InstanceConfig(
+            model=str(model),
+            vad_model=str(args.vad_model),
+            punc_model=None,
+            device=args.device,
+            fp16=fp16,
+            max_queue=1024,
+        )
+        transcriber = FunasrTranscriber(config)
+        transcriber.load()
+        texts[fp16] = transcribe_all(transcriber, utterances)
+        transcriber.close()
+    from funasr import AutoModel
+
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    reference = AutoModel(
+        model=str(model),
+        vad_model=str(args.vad_model),
+        device=device,
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+    )
+    funasr_texts = [reference.generate(input=str(r.path), batch_size_s=300)[0]["text"] for r in utterances]
+    return {
+        "files": len(utterances),
+        "fp16_vs_fp32": compare(texts[True], texts[False]),
+        "ours_fp32_vs_funasr_fp32": compare(texts[False], funasr_texts),
+        "note": "random weights: near-tied logits make rounding flip tokens far more than in a trained model",
+    }
+
+
+def transcribe_all(transcriber, recordings: list[Recording]) -> list[str]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asrfleet.engines.base import TranscribeOptions
+
+    with ThreadPoolExecutor(32) as pool:
+        return list(pool.map(lambda r: transcriber.transcribe(r.path, TranscribeOptions()).text, recordings))
+
+
+def compare(a: list[str], b: list[str]) -> dict:
+    chars = sum(len(y.replace(" ", "")) for y in b)
+    edits = sum(levenshtein(x.replace(" ", ""), y.replace(" ", "")) for x, y in zip(a, b, strict=True))
+    return {
+        "identical": sum(x == y for x, y in zip(a, b, strict=True)),
+        "of": len(a),
+        "character_difference_rate": round(edits / max(chars, 1), 4),
+    }
+
+
+def levenshtein(a: str, b: str) -> int:
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.one_gpu")
+    p.add_argument("--audio", type=Path, required=True, help="folder of utterances")
+    p.add_argument("--long", type=Path, required=True, help="a long recording (repeated for --long-hours)")
+    p.add_argument("--vad-model", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="utterances to use")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--procs", type=int, default=4)
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
+    p.add_argument("--size", choices=("large", "tiny"), default="large")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--long-hours", type=float, default=3.0)
+    p.add_argument("--parts", default="throughput,precision,long", help="which parts to run")
+    p.add_argument("--precision-files", type=int, default=200)
+    p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logs = args.out.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    model = build_model(args.work, args.size)
+    utterances = collect([args.audio], args.limit)
+    mixed = utterances + collect([args.long]) * 2
+    result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    result.update(
+        hardware=load.hardware(),
+        model=f"Paraformer-large architecture ({args.size}), random weights",
+        utterances={"files": len(utterances), "audio_s": round(total_s(utterances), 1)},
+        precision="fp16" if args.fp16 else "fp32",
+        punctuation="none (both sides)",
+    )
+    parts = args.parts.split(",")
+    if "throughput" in parts:
+        result["throughput"] = throughput(args, model, utterances, mixed, logs)
+        args.out.write_text(json.dumps(result, indent=2))  # each part saved as soon as it is done
+    if "precision" in parts:
+        result["precision"] = precision(args, model, utterances[: args.precision_files])
+        print("precision:", result["precision"], flush=True)
+        args.out.write_text(json.dumps(result, indent=2))
+    if "long" in parts:
+        result["long_recording"] = long_recording(args, model, logs, args.work)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

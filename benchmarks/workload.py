@@ -1,0 +1,56 @@
+"""The recordings a benchmark sends, with their durations, read once from the files' headers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+
+AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".webm", ".aiff", ".mp4", ".mkv"}
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    duration_s: float
+
+
+def duration_of(path: Path) -> float:
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            return float(stream.duration * stream.time_base)
+        return container.duration / av.time_base
+
+
+def collect(folders: list[Path], limit: int | None = None) -> list[Recording]:
+    """Every audio file under the folders, in a stable order; the first `limit` of each folder."""
+    recordings = []
+    for folder in folders:
+        files = (
+            sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+            if folder.is_dir()
+            else [folder]
+        )
+        recordings += [Recording(p, duration_of(p)) for p in files[:limit]]
+    return recordings
+
+
+def total_s(recordings: list[Recording]) -> float:
+    return sum(r.duration_s for r in recordings)
+
+
+def write_wav(path: Path, samples) -> Path:
+    """16 kHz mono 16-bit WAV, written directly (hours of audio in a second)."""
+    import wave
+
+    import numpy as np
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(pcm.tobytes())
+    return path
