@@ -9,6 +9,7 @@ transcript and wakes the request thread.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -75,6 +76,9 @@ class FunasrTranscriber:
         asr_dir, vad_dir, punc_dir = self._model_dirs()
         self.device = pick_device(cfg.device)
         threads = set_threads(cfg.threads, self.device)
+        # The GPU thread shares the GIL with the web server and the worker-result reader; it
+        # gives the GIL up at every CUDA sync, and by default waits 5 ms to get it back.
+        sys.setswitchinterval(0.0005)
         model, kwargs = AutoModel.build_model(
             model=str(asr_dir), device=self.device, ncpu=threads, disable_update=True, disable_log=True
         )
