@@ -1,0 +1,123 @@
+"""Plot the committed benchmark results: throughput, speed-up and GPU memory per configuration.
+
+    python -m benchmarks.plot benchmarks/results/one_gpu.json benchmarks/results/fleet.json \
+        --out benchmarks/results/benchmarks.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+GIB = 2**30
+
+
+def _level(run: dict, concurrency: int | None = None) -> dict:
+    levels = run["levels"]
+    return next(lv for lv in levels if concurrency is None or lv["concurrency"] == concurrency)
+
+
+def _instance_peak(level: dict, prefix: str) -> float:
+    peaks = [v for k, v in level["gpu_peak_bytes_by_process"].items() if k.startswith(prefix)]
+    return max(peaks) / GIB if peaks else 0.0
+
+
+def figure(one: dict, fleet: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = one["throughput"]
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    gpu = one["hardware"]["gpus"][0]
+
+    names, values, colors = [], [], []
+    for c in (1, 8, 32):
+        names += [f"baseline\nc={c}", f"ours\nc={c}"]
+        values += [_level(t["baseline"], c)["rtfx"], _level(t["ours"], c)["rtfx"]]
+        colors += ["#999999", "#1f77b4"]
+    names += ["ours /v1\nc=32", "limit\n(ASR only)"]
+    values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"]]
+    colors += ["#17becf", "#2ca02c"]
+    ax1.bar(names, values, color=colors)
+    ax1.set_title(f"One {gpu}: audio seconds per wall second")
+    ax1.set_ylabel("× real time")
+    ax1.tick_params(axis="x", labelsize=8)
+    for i, v in enumerate(values):
+        ax1.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+
+    single = fleet["runs"][0]["levels"][0]["rtfx"]
+    labels = [
+        "ours / baseline\nc=32 (Gradio)",
+        "ours / baseline\nc=32 (/v1)",
+        "ours / limit\n(Gradio)",
+        "ours / limit\n(/v1)",
+    ]
+    base32 = _level(t["baseline"], 32)["rtfx"]
+    speed = [
+        _level(t["ours"], 32)["rtfx"] / base32,
+        _level(t["ours_openai_api"])["rtfx"] / base32,
+        _level(t["ours"], 32)["rtfx"] / t["limit"]["rtfx"],
+        _level(t["ours_openai_api"])["rtfx"] / t["limit"]["rtfx"],
+    ]
+    targets = [8, 8, 0.6, 0.6]
+    for run in fleet["runs"][1:]:
+        labels.append(f"fleet of {run['instances']}\n/ one instance")
+        speed.append(run["levels"][0]["rtfx"] / single)
+        targets.append(3.7 if run["instances"] == 4 else 1.9)
+    bars = ax2.bar(
+        labels, speed, color=["#1f77b4", "#17becf", "#1f77b4", "#17becf"] + ["#ff7f0e"] * (len(labels) - 4)
+    )
+    for bar, target, value in zip(bars, targets, speed, strict=True):
+        x = bar.get_x()
+        ax2.hlines(target, x, x + bar.get_width(), colors="red", linestyles="--")
+        ax2.text(x + bar.get_width() / 2, value, f"{value:.2f}×", ha="center", va="bottom", fontsize=8)
+    ax2.set_yscale("log")
+    ax2.set_title("Speed-up (red: target)")
+    ax2.tick_params(axis="x", labelsize=7)
+
+    long = one["long_recording"]
+    mem_names = [
+        "baseline\n(per request)",
+        "ours, throughput\nrun",
+        "ours, 3 h\nrecording (fp16)",
+        "FunASR 60 min\n(FACTS.md)",
+    ]
+    mem = [
+        _instance_peak(_level(t["baseline"], 32), "-m benchmarks.baseline_app"),
+        _instance_peak(_level(t["ours"], 32), "asr-bench"),
+        _instance_peak(long["levels"][0], "asr-long"),
+        5.44,
+    ]
+    ax3.bar(mem_names, mem, color=["#999999", "#1f77b4", "#1f77b4", "#d62728"])
+    ax3.axhline(4 * 10**9 / GIB, color="red", linestyle="--", label="4 GB target (3 h)")
+    for i, v in enumerate(mem):
+        ax3.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax3.set_ylabel("peak GPU memory per process, GiB (NVML)")
+    ax3.set_title("GPU memory")
+    ax3.legend(fontsize=8)
+    ax3.tick_params(axis="x", labelsize=8)
+    fig.suptitle(
+        "Paraformer-large (real sizes, random weights) + fsmn-vad, fp16, no punctuation; "
+        f"{len(one['hardware']['gpus'])}× {gpu}, {one['hardware']['cpus']} CPUs",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.plot")
+    p.add_argument("one_gpu", type=Path)
+    p.add_argument("fleet", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    figure(json.loads(args.one_gpu.read_text()), json.loads(args.fleet.read_text()), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
