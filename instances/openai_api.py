@@ -99,6 +99,7 @@ def _respond(t: Transcript, response_format: str, granularities: list) -> Respon
         "language": t.language or "",
         "duration": round(t.duration, 3),
         "text": t.text,
+        "model": t.model,
         "segments": [_segment(i, s) for i, s in enumerate(t.sentences)],
     }
     if "word" in granularities:

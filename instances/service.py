@@ -52,8 +52,9 @@ class TranscriptionService:
         self.work_dir = work_dir.resolve()
         self.downloads_dir = self.work_dir / "downloads"
         self.downloads_dir.mkdir(parents=True, exist_ok=True)
-        # One thread per request in flight: each mostly waits for its batch, so this is cheap.
-        self._limiter = anyio.CapacityLimiter(config.max_queue)
+        # One thread per request in flight: each mostly waits for its batch, so this is cheap. Room
+        # for more than the engine takes, so that one request too many gets its 503 at once.
+        self._limiter = anyio.CapacityLimiter(config.max_queue + 16)
         self._in_use: Counter[Path] = Counter()
 
     def check_upload(self, path: str | Path) -> Path:

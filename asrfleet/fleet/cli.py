@@ -7,13 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from asrfleet.batch.run import BatchOptions, print_summary, run_batch
 from asrfleet.config import InstanceConfig, add_engine_options
-from asrfleet.fleet import commands
+from asrfleet.fleet import commands, state
 from asrfleet.fleet.commands import LaunchError, SshOptions
 from asrfleet.fleet.gpus import parse_gpu_list
 from asrfleet.fleet.plan import FleetOptions
 
-COMMANDS = ("up", "status", "stop", "restart", "logs")
+COMMANDS = ("up", "status", "stop", "restart", "logs", "transcribe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +33,18 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("instance")
     logs.add_argument("-n", "--lines", type=int, default=50)
     logs.add_argument("-f", "--follow", action="store_true")
+    batch = sub.add_parser("transcribe", help="transcribe files, folders or globs through the fleet(s)")
+    batch.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders (recursive) or globs")
+    batch.add_argument("--out", required=True, type=Path, help="output folder (mirrors the input tree)")
+    batch.add_argument(
+        "--url",
+        action="append",
+        default=None,
+        help="a fleet (nginx) or instance URL; repeat for several (default: this run dir's fleet)",
+    )
+    batch.add_argument("--formats", default="txt,srt,vtt,json")
+    batch.add_argument("--concurrency", type=int, default=16, help="requests in flight per URL")
+    batch.add_argument("--run-dir", default="run")
     return parser
 
 
@@ -77,13 +90,50 @@ def fleet_options(args: argparse.Namespace) -> FleetOptions:
     )
 
 
+EXIT_FILES_FAILED = 1
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    urls = args.url or [_local_fleet_url(Path(args.run_dir))]
+    options = BatchOptions(
+        inputs=args.inputs,
+        out_dir=args.out,
+        urls=urls,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        concurrency=args.concurrency,
+    )
+    try:
+        summary = run_batch(options)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return commands.EXIT_USAGE
+    except KeyboardInterrupt:
+        print(
+            "\ninterrupted: run the same command again to resume; finished files are skipped", file=sys.stderr
+        )
+        return 130
+    print_summary(summary)
+    return EXIT_FILES_FAILED if summary.failures else commands.EXIT_OK
+
+
+def _local_fleet_url(run_dir: Path) -> str:
+    """The nginx of the fleet started from this run directory, else the default address."""
+    spec = state.load(run_dir)
+    if spec is None:
+        return "http://127.0.0.1:8000"
+    host = "127.0.0.1" if spec.lb_host in ("0.0.0.0", "::") else spec.lb_host
+    return f"http://{host}:{spec.lb_port}"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv.insert(0, "up")  # `python launcher.py --instances 2` means `up`
     parser = build_parser()
     args = parser.parse_args(argv)
-    ssh = SshOptions(args.ssh_host, args.ssh_user, args.ssh_port)
+    ssh = SshOptions(
+        getattr(args, "ssh_host", None), getattr(args, "ssh_user", None), getattr(args, "ssh_port", None)
+    )
     run_dir = Path(args.run_dir)
     try:
         if args.command == "up":
@@ -98,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             return commands.stop(run_dir)
         if args.command == "restart":
             return commands.restart(run_dir, args.instance, args.ready_timeout)
+        if args.command == "transcribe":
+            return _transcribe(args)
         return commands.logs(run_dir, args.instance, args.lines, args.follow)
     except LaunchError as err:
         print(f"error: {err}", file=sys.stderr)

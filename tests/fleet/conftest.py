@@ -1,0 +1,48 @@
+"""The fleet the end-to-end tests share: started once by `launcher.py`, stopped at the end."""
+
+from __future__ import annotations
+
+import pytest
+from fleetctl import launcher, teardown
+
+from procs import free_port
+
+
+@pytest.fixture(scope="session")
+def fleet(paraformer_args, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("fleet") / "run"
+    lb_port, base_port = free_port(), free_port()
+    args = [
+        "--instances",
+        "2",
+        "--run-dir",
+        str(run_dir),
+        "--lb-port",
+        str(lb_port),
+        "--base-port",
+        str(base_port),
+        *_engine_args(paraformer_args),
+    ]
+    try:
+        started = launcher(*args, "--ssh-host", "10.200.0.1", "--ssh-port", "2222")
+        yield {
+            "run_dir": run_dir,
+            "url": f"http://127.0.0.1:{lb_port}",
+            "args": args,
+            "up": started.stdout,
+            "lb_port": lb_port,
+            "base_port": base_port,
+        }
+    finally:
+        teardown(run_dir)
+
+
+def _engine_args(paraformer_args: list[str]) -> list[str]:
+    """The instance options the launcher passes on (threads and workers it decides itself)."""
+    keep, skip = [], {"--threads", "--workers", "--device"}
+    it = iter(paraformer_args)
+    for arg in it:
+        value = next(it)
+        if arg not in skip:
+            keep += [arg, value]
+    return keep
