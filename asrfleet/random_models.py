@@ -11,9 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 # The first CJK characters: a vocabulary that tokenizes like Paraformer-large's Chinese one.
 _CJK_START = 0x4E00
@@ -126,7 +130,7 @@ def _write_cmvn(path: Path, dim: int) -> None:
     )
 
 
-def _build(model_class_name: str, config: dict, vocab: list[str], seed: int):
+def _build(model_class_name: str, config: dict, vocab: list[str], seed: int) -> torch.nn.Module:
     import torch
     from funasr.register import tables
 
@@ -136,7 +140,7 @@ def _build(model_class_name: str, config: dict, vocab: list[str], seed: int):
     return model_class(**kwargs)
 
 
-def _save(model, out: Path) -> None:
+def _save(model: torch.nn.Module, out: Path) -> None:
     import torch
 
     torch.save(model.state_dict(), out / "model.pt")

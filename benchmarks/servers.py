@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+
+from asrfleet.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,17 +46,4 @@ def server(
             time.sleep(0.5)
         yield url
     finally:
-        stop(proc)
-
-
-def stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    except ProcessLookupError:
-        pass
+        stop_group(proc)

@@ -16,8 +16,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from asrfleet.config import InstanceConfig
+
+if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _temp_dirs)
+    import uvicorn
+
+    from asrfleet.engines.base import Transcriber
+    from instances.app import LoadState
+    from instances.service import InstanceDirs
 
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
@@ -36,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(dirs.root, ignore_errors=True)
 
 
-def _serve(config: InstanceConfig, dirs) -> int:
+def _serve(config: InstanceConfig, dirs: InstanceDirs) -> int:
     import uvicorn
 
     from asrfleet.engines import create_transcriber
@@ -72,7 +80,7 @@ def _note_stop(signum: int, frame: object) -> None:
     log.info("stopping on signal %d", signum)
 
 
-def _load(transcriber, state, server) -> None:
+def _load(transcriber: Transcriber, state: LoadState, server: uvicorn.Server) -> None:
     try:
         transcriber.load()
     except Exception as err:  # any load failure ends the process: supervisord decides what next
@@ -86,7 +94,7 @@ def _load(transcriber, state, server) -> None:
     log.info("ready after %.1f s", time.time() - state.started)
 
 
-def _temp_dirs(config: InstanceConfig):
+def _temp_dirs(config: InstanceConfig) -> tuple[InstanceDirs, bool]:
     """This instance's own temp directory; Gradio's uploads and our files all live inside it.
 
     Set before Gradio is imported: it reads GRADIO_TEMP_DIR at import time.

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.errors import AsrError, BadRequest, Busy, TooLarge
 from asrfleet.sizes import format_size
-from asrfleet.transcript import Transcript, to_srt, to_vtt
+from asrfleet.transcript import Sentence, Transcript, to_srt, to_vtt
 from instances.service import TranscriptionService, remove_quietly, safe_stem, user_message
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def _respond(t: Transcript, response_format: str, granularities: list) -> Respon
     return JSONResponse(body)
 
 
-def _segment(index: int, sentence) -> dict:
+def _segment(index: int, sentence: Sentence) -> dict:
     return {
         "id": index,
         "seek": 0,

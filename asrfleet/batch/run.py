@@ -8,6 +8,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import httpx
 
@@ -45,7 +46,7 @@ class Summary:
 class Progress:
     """One line: files and audio hours done, speed, ETA; redrawn in place on a terminal."""
 
-    def __init__(self, total_files: int, total_audio_s: float, out=sys.stderr) -> None:
+    def __init__(self, total_files: int, total_audio_s: float, out: TextIO = sys.stderr) -> None:
         self.total_files = total_files
         self.total_audio_s = total_audio_s
         self.out = out
@@ -118,7 +119,15 @@ async def _run(options: BatchOptions, journal: Journal) -> Summary:
     return summary
 
 
-async def _worker(queue, client, fleets: Fleets, journal: Journal, options: BatchOptions, summary, progress):
+async def _worker(
+    queue: asyncio.Queue[Item],
+    client: httpx.AsyncClient,
+    fleets: Fleets,
+    journal: Journal,
+    options: BatchOptions,
+    summary: Summary,
+    progress: Progress,
+) -> None:
     while True:
         try:
             item: Item = queue.get_nowait()
@@ -140,7 +149,7 @@ async def _worker(queue, client, fleets: Fleets, journal: Journal, options: Batc
         progress.update(summary)
 
 
-def print_summary(summary: Summary, out=sys.stdout) -> None:
+def print_summary(summary: Summary, out: TextIO = sys.stdout) -> None:
     out.write(
         f"\n{summary.done} transcribed, {len(summary.failures)} failed, {summary.skipped} already done "
         f"(of {summary.files}); {summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s, "

@@ -7,10 +7,14 @@ own business. Adding an engine means one new module and one line in `asrfleet.en
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from asrfleet.errors import Busy, NotReady
 from asrfleet.transcript import Transcript
 
 
@@ -18,6 +22,43 @@ from asrfleet.transcript import Transcript
 class TranscribeOptions:
     hotwords: str | None = None  # prompt words to bias recognition, where the model supports it
     language: str | None = None  # a hint; engines that detect the language may ignore it
+
+
+class Admission:
+    """Who may start a transcription: none before the models are loaded, at most `limit` at once.
+
+    Shared by the engines so that every one answers a full queue and a loading model alike.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def open(self) -> None:
+        self._ready.set()
+
+    def close(self) -> None:
+        self._ready.clear()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if not self.ready:
+            raise NotReady("the model is still loading; try again in a moment")
+        with self._lock:
+            if self.in_flight >= self.limit:
+                raise Busy(f"the instance is busy ({self.in_flight} requests in flight); retry shortly")
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
 
 def display_name(model: str) -> str:

@@ -12,11 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
 from asrfleet.config import InstanceConfig
-from asrfleet.engines.base import TranscribeOptions, display_name
+from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device
-from asrfleet.errors import Busy, NoSpeech, NotReady
+from asrfleet.errors import NoSpeech
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Sentence, Transcript
 
@@ -31,9 +33,7 @@ class WhisperTranscriber:
         self.workers = config.workers or 1
         self._model = None
         self._slots = threading.Semaphore(self.workers)
-        self._in_flight = 0
-        self._lock = threading.Lock()
-        self._ready = threading.Event()
+        self._admission = Admission(config.max_queue)
         self.device = "cpu"
 
     def load(self) -> None:
@@ -52,30 +52,21 @@ class WhisperTranscriber:
         )
         segments, _ = self._model.transcribe(_warm_up_audio(), beam_size=1)
         list(segments)
-        self._ready.set()
+        self._admission.open()
         log.info("ready: whisper %s on %s (INT8), %d at a time", self.model_name, self.device, self.workers)
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._admission.ready
 
     def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
-        if not self.ready or self._model is None:
-            raise NotReady("the model is still loading; try again in a moment")
-        with self._lock:
-            if self._in_flight >= self.config.max_queue:
-                raise Busy(f"the instance is busy ({self._in_flight} requests in flight); retry shortly")
-            self._in_flight += 1
-        try:
+        with self._admission.admit():
             samples = decode_audio(path, self.limits)
             check_not_silent(samples)
             with self._slots:
                 return self._recognize(samples, options)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
 
-    def _recognize(self, samples, options: TranscribeOptions) -> Transcript:
+    def _recognize(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
         started = time.perf_counter()
         segments, info = self._model.transcribe(
             samples,
@@ -98,15 +89,13 @@ class WhisperTranscriber:
         )
 
     def stats(self) -> dict[str, object]:
-        return {"in_flight": self._in_flight, "device": self.device, "workers": self.workers}
+        return {"in_flight": self._admission.in_flight, "device": self.device, "workers": self.workers}
 
     def close(self) -> None:
-        self._ready.clear()
+        self._admission.close()
         self._model = None
 
 
-def _warm_up_audio():
-    import numpy as np
-
+def _warm_up_audio() -> np.ndarray:
     rng = np.random.default_rng(0)
     return (rng.standard_normal(16000) * 0.01).astype(np.float32)

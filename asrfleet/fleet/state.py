@@ -60,7 +60,7 @@ def from_dict(data: dict) -> FleetSpec:
     )
 
 
-def _paths_to_str(value):
+def _paths_to_str(value: object) -> object:
     if isinstance(value, dict):
         return {k: _paths_to_str(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
 from asrfleet.errors import NoSpeech
@@ -94,7 +95,7 @@ class Preparer:
         return feats[0, : int(lengths[0])].numpy()
 
 
-def build_frontend(asr_dir: str):  # -> torch.nn.Module (FunASR frontend)
+def build_frontend(asr_dir: str) -> torch.nn.Module:
     """The ASR model's own frontend (e.g. WavFrontend with its CMVN), built from its config.
 
     Dither is switched off: FunASR's WavFrontend dithers by default, a training-time augmentation

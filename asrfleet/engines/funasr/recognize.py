@@ -48,7 +48,7 @@ class Recognizer:
         self.fp16 = fp16 and self.device.type == "cuda"
         self.timestamps = hasattr(model, "calc_predictor_timestamp")
 
-    def _half(self):
+    def _half(self) -> torch.autocast:
         """fp16 autocast for the encoder and decoder, where the time goes. Half weights do not
         work (FunASR's decoder mixes float32 masks into its convolutions), and the CIF predictor
         runs outside autocast: its integrate-and-fire sums and thresholds need float32."""

@@ -21,14 +21,14 @@ import numpy as np
 
 from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
-from asrfleet.engines.base import TranscribeOptions, display_name
+from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_threads
 from asrfleet.engines.funasr.pool import Done, Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
 from asrfleet.engines.funasr.punctuate import Punctuator
 from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget
-from asrfleet.errors import AsrError, BadRequest, Busy, NotReady
+from asrfleet.errors import AsrError, BadRequest, Busy
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Transcript
 
@@ -61,7 +61,7 @@ class FunasrTranscriber:
         self.device = "cpu"
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
-        self._ready = threading.Event()
+        self._admission = Admission(config.max_queue)
         self._pool: PreparePool | None = None
         self._scheduler: BatchScheduler | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
@@ -99,7 +99,7 @@ class FunasrTranscriber:
         )
         self._pool = PreparePool(settings, self._worker_count(), self._on_message)
         self._pool.wait_ready()
-        self._ready.set()
+        self._admission.open()
         log.info(
             "ready: %s on %s, %d audio workers, batches of up to %d padded frames",
             self.model_name,
@@ -142,26 +142,22 @@ class FunasrTranscriber:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._admission.ready
 
     def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
-        if not self.ready or self._pool is None:
-            raise NotReady("the model is still loading; try again in a moment")
-        if not Path(path).is_file():
-            raise BadRequest("the uploaded file is missing")
-        job = _Job(job_id=uuid.uuid4().hex, path=Path(path))
-        with self._lock:
-            if len(self._jobs) >= self.config.max_queue:
-                raise Busy(f"the instance is busy ({len(self._jobs)} requests in flight); retry shortly")
-            self._jobs[job.job_id] = job
-        try:
-            self._pool.submit(job.job_id, job.path)
-            return job.future.result()
-        finally:
+        with self._admission.admit():
+            if not Path(path).is_file():
+                raise BadRequest("the uploaded file is missing")
+            job = _Job(job_id=uuid.uuid4().hex, path=Path(path))
             with self._lock:
-                self._jobs.pop(job.job_id, None)
-            self._pool.forget(job.job_id)
-            if self._scheduler is not None:
+                self._jobs[job.job_id] = job
+            try:
+                self._pool.submit(job.job_id, job.path)
+                return job.future.result()
+            finally:
+                with self._lock:
+                    self._jobs.pop(job.job_id, None)
+                self._pool.forget(job.job_id)
                 self._scheduler.cancel(job.key)
 
     def _job(self, job_id: str) -> _Job | None:
@@ -244,7 +240,7 @@ class FunasrTranscriber:
         return out
 
     def close(self) -> None:
-        self._ready.clear()
+        self._admission.close()
         if self._pool is not None:
             self._pool.close()
         if self._scheduler is not None:
