@@ -184,6 +184,7 @@ def wait_ready(
         for name, instance in list(pending.items()):
             info = states.get(name)
             if info is not None and info.state == "FATAL":
+                time.sleep(1.0)  # supervisord may still be writing the last lines of its output
                 raise LaunchError(
                     f"{name} failed to start (FATAL: {info.description}); last log lines:\n"
                     + log_tail(instance, 20),
