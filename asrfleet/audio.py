@@ -148,7 +148,3 @@ def check_not_silent(samples: np.ndarray) -> None:
     """`NoSpeech` for digital silence, before any model time is spent on it."""
     if samples.size == 0 or float(np.max(np.abs(samples))) < _SILENCE_PEAK:
         raise NoSpeech("no speech was found: the recording is silent")
-
-
-def duration_s(samples: np.ndarray) -> float:
-    return samples.size / SAMPLE_RATE

@@ -39,16 +39,11 @@ class Failed:
 
 
 @dataclass(frozen=True)
-class Done:
-    """The worker has sent everything for this job."""
-
-
-@dataclass(frozen=True)
 class Retrying:
     """The worker preparing this job died; it starts over on another: forget what it sent."""
 
 
-Message = Segmented | Features | Failed | Done | Retrying
+Message = Segmented | Features | Failed | Retrying
 
 
 def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
@@ -79,7 +74,6 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
 def _prepare_messages(preparer: Preparer, path: str) -> Iterator[Message]:
     try:
         yield from preparer.prepare(path)
-        yield Done()
     except AsrError as err:
         yield Failed(err)
     except Exception:  # a bug or a library failure: the job fails, the worker lives on

@@ -23,7 +23,7 @@ from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_threads
-from asrfleet.engines.funasr.pool import Done, Failed, Message, PreparePool, Retrying
+from asrfleet.engines.funasr.pool import Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
 from asrfleet.engines.funasr.punctuate import Punctuator
 from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
@@ -179,7 +179,7 @@ class FunasrTranscriber:
         elif isinstance(message, Retrying):
             self._scheduler.cancel(job.key)
             job.attempt += 1
-        elif not isinstance(message, Done):
+        else:
             log.error("unexpected worker message %r", message)
 
     def _on_results(self, key: str, items: list[tuple[int, SegmentText]]) -> None:
