@@ -19,6 +19,26 @@ from asrfleet.errors import BadAudio, NoSpeech, TooLarge
 from asrfleet.sizes import format_size
 
 SAMPLE_RATE = 16000
+# What a folder scan takes for recordings (anything else can still be given by name).
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav",
+        ".mp3",
+        ".flac",
+        ".m4a",
+        ".aac",
+        ".ogg",
+        ".opus",
+        ".webm",
+        ".aiff",
+        ".aif",
+        ".mp4",
+        ".mkv",
+        ".mov",
+        ".wma",
+        ".amr",
+    }
+)
 
 # A decoded stream this much shorter than its header says was cut off (an interrupted upload or
 # copy). The slack absorbs containers whose declared duration is only an estimate.
@@ -87,6 +107,17 @@ def _decode_container(container: av.container.InputContainer, limits: AudioLimit
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     _check_complete(samples, declared)
     return samples
+
+
+def probe_duration(path: str | Path) -> float | None:
+    """Seconds of audio from the container's header, without decoding; None if unreadable."""
+    try:
+        with av.open(str(path), metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                return None
+            return _declared_duration(container, container.streams.audio[0])
+    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def _declared_duration(container: av.container.InputContainer, stream: av.audio.AudioStream) -> float | None:

@@ -5,23 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
-
-AUDIO_SUFFIXES = {".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".webm", ".aiff", ".mp4", ".mkv"}
+from asrfleet.audio import AUDIO_SUFFIXES, probe_duration
 
 
 @dataclass(frozen=True)
 class Recording:
     path: Path
     duration_s: float
-
-
-def duration_of(path: Path) -> float:
-    with av.open(str(path)) as container:
-        stream = container.streams.audio[0]
-        if stream.duration is not None and stream.time_base is not None:
-            return float(stream.duration * stream.time_base)
-        return container.duration / av.time_base
 
 
 def collect(folders: list[Path], limit: int | None = None) -> list[Recording]:
@@ -33,7 +23,7 @@ def collect(folders: list[Path], limit: int | None = None) -> list[Recording]:
             if folder.is_dir()
             else [folder]
         )
-        recordings += [Recording(p, duration_of(p)) for p in files[:limit]]
+        recordings += [Recording(p, probe_duration(p) or 0.0) for p in files[:limit]]
     return recordings
 
 

@@ -8,23 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-AUDIO_SUFFIXES = {
-    ".wav",
-    ".mp3",
-    ".flac",
-    ".m4a",
-    ".aac",
-    ".ogg",
-    ".opus",
-    ".webm",
-    ".aiff",
-    ".aif",
-    ".mp4",
-    ".mkv",
-    ".mov",
-    ".wma",
-    ".amr",
-}
+from asrfleet.audio import AUDIO_SUFFIXES, probe_duration
 
 
 @dataclass(frozen=True)
@@ -73,19 +57,3 @@ def _output_names(relatives: list[Path]) -> list[Path]:
     stems = [r.with_suffix("") for r in relatives]
     clashes = {s for s in stems if stems.count(s) > 1}
     return [r if s in clashes else s for r, s in zip(relatives, stems, strict=True)]
-
-
-def probe_duration(path: Path) -> float | None:
-    """Seconds of audio, from the container header (no decoding); None if unreadable."""
-    import av
-
-    try:
-        with av.open(str(path), metadata_errors="ignore") as container:
-            if not container.streams.audio:
-                return None
-            stream = container.streams.audio[0]
-            if stream.duration is not None and stream.time_base is not None:
-                return float(stream.duration * stream.time_base)
-            return container.duration / av.time_base if container.duration else None
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
-        return None
