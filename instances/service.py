@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 DOWNLOAD_FORMATS = ("txt", "srt", "json")
 UPLOAD_GRACE_S = 10.0
 _DOWNLOAD_MAX_AGE_S = 3600.0
+_SWEEP_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class TranscriptionService:
         # for more than the engine takes, so that one request too many gets its 503 at once.
         self._limiter = anyio.CapacityLimiter(config.max_queue + 16)
         self._in_use: Counter[Path] = Counter()
+        self._last_sweep = 0.0
 
     def check_upload(self, path: str | Path) -> Path:
         """The path, if a client uploaded it to us; `BadRequest` for any other server path.
@@ -116,7 +118,9 @@ class TranscriptionService:
 
     def write_downloads(self, transcript: Transcript, stem: str) -> list[Path]:
         """The transcript as .txt, .srt and .json files for the UI's download box."""
-        self.sweep_downloads()
+        if time.monotonic() - self._last_sweep > _SWEEP_EVERY_S:  # not a directory scan per request
+            self._last_sweep = time.monotonic()
+            self.sweep_downloads()
         folder = self.downloads_dir / uuid.uuid4().hex
         folder.mkdir()
         paths = []
