@@ -6,7 +6,6 @@ The same event is the Gradio API endpoint `/transcribe` (gradio_client: `api_nam
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import gradio as gr
 
@@ -47,7 +46,7 @@ def build_ui(service: TranscriptionService) -> gr.Blocks:
             if not recording:
                 raise gr.Error("Upload or record a recording first.", title="No recording")
             transcript = await _run(service, recording, words)
-            downloads = service.write_downloads(transcript, safe_stem(_original_name(recording)))
+            downloads = service.write_downloads(transcript, safe_stem(recording))
             return transcript.text, _table(transcript), [str(p) for p in downloads], transcript.to_dict()
 
         button.click(
@@ -79,7 +78,3 @@ def _table(t: Transcript) -> list[list[str]]:
 def _clock(seconds: float) -> str:
     ms = int(round(seconds * 1000))
     return f"{ms // 3_600_000:d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000 // 100:d}"
-
-
-def _original_name(recording: str) -> str:
-    return Path(recording).name

@@ -178,7 +178,7 @@ def wait_ready(
     """Wait until every instance's /readyz answers 200, showing progress; fail on FATAL."""
     started = time.monotonic()
     pending = {i.name: i for i in instances}
-    last_line = ""
+    shown = (-1, 0.0)  # the pending count last shown, and when
     while pending:
         states = supervisor.processes()
         for name, instance in list(pending.items()):
@@ -193,11 +193,9 @@ def wait_ready(
             if probe(instance).ready:
                 del pending[name]
         elapsed = time.monotonic() - started
-        line = f"waiting for {len(pending)}/{len(instances)} instances to load models ({elapsed:.0f} s)"
-        if pending and (line.split("(")[0] != last_line.split("(")[0] or int(elapsed) % 10 == 0):
-            if line != last_line:
-                out(line)
-                last_line = line
+        if pending and (len(pending) != shown[0] or elapsed - shown[1] >= 10):  # on change, else every 10 s
+            out(f"waiting for {len(pending)}/{len(instances)} instances to load models ({elapsed:.0f} s)")
+            shown = (len(pending), elapsed)
         if pending and elapsed > timeout:
             names = ", ".join(sorted(pending))
             raise LaunchError(
