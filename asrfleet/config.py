@@ -46,6 +46,7 @@ class InstanceConfig:
     max_queue: int = 256
     workers: int = 0
     threads: int = 0
+    in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
     temp_dir: Path | None = None
     root_path: str = ""
 
@@ -90,6 +91,7 @@ class InstanceConfig:
             max_queue=args.max_queue,
             workers=args.workers,
             threads=args.threads,
+            in_process=args.in_process,
             temp_dir=Path(args.temp_dir) if args.temp_dir else None,
             root_path=args.root_path,
         )
@@ -176,3 +178,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         help="audio decoding/VAD processes per instance (0: choose from the CPU count)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
+    g.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the engine inside the web server's process (default: a process of its own)",
+    )

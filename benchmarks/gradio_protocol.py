@@ -23,6 +23,7 @@ class GradioEvent:
         self.client = client
         self.api_name = api_name
         self.fn_index: int | None = None
+        self.session = uuid.uuid4().hex  # one per client, as gradio_client and a browser tab keep it
 
     async def connect(self) -> None:
         """Read the app's config (this also picks up the routing cookie) and find the event."""
@@ -41,20 +42,19 @@ class GradioEvent:
         if response.status_code != 200:
             raise GradioError(f"upload: HTTP {response.status_code} {response.text[:200]}")
         file_data = {"path": response.json()[0], "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
-        session = uuid.uuid4().hex
         join = await self.client.post(
             "/gradio_api/queue/join",
             json={
                 "data": [file_data, *extra],
                 "fn_index": self.fn_index,
-                "session_hash": session,
+                "session_hash": self.session,
                 "event_data": None,
                 "trigger_id": None,
             },
         )
         if join.status_code != 200:
             raise GradioError(f"join: HTTP {join.status_code} {join.text[:200]}")
-        return await self._result(session)
+        return await self._result(self.session)
 
     async def _result(self, session: str) -> list:
         async with self.client.stream("GET", f"/gradio_api/queue/data?session_hash={session}") as stream:

@@ -147,13 +147,21 @@ class GpuMemory:
 
 
 def _process_label(pid: int) -> str:
+    """An instance's --name, or its parent's for an engine process; else the command line's start."""
     try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        words = [a.decode() for a in argv if a]
+        words = _argv(pid)
+        if "--name" not in words and "multiprocessing" in " ".join(words):
+            parent = _argv(int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]))
+            if "--name" in parent:
+                return f"{parent[parent.index('--name') + 1]} engine (pid {pid})"
         name = words[words.index("--name") + 1] if "--name" in words else " ".join(words[1:4])
         return f"{name} (pid {pid})"
     except (OSError, ValueError, IndexError):
         return f"pid {pid}"
+
+
+def _argv(pid: int) -> list[str]:
+    return [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
 
 
 # -- reporting -------------------------------------------------------------------------------------

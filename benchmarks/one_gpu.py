@@ -79,7 +79,38 @@ def throughput(args, model: Path, utterances: list[Recording], mixed: list[Recor
         )
         out["ours_mixed"] = load.run(url, mixed, [max(levels)], procs=args.procs, label="ours mixed")
         out["instance_stats"] = load_stats(url)
+    if args.compare_in_process:  # the same instance with its engine inside the web process
+        in_process = instance_args(model, args.vad_model, 6008, args.device, args.fp16, "asr-inproc")
+        with server([*in_process, "--in-process"], 6008, logs / "instance-in-process.log", "/readyz") as url:
+            out["ours_in_process"] = load.run(
+                url, utterances, [max(levels)], procs=args.procs, label="ours, engine in the web process"
+            )
+    out["summary"] = summarize(out)
     return out
+
+
+def summarize(out: dict) -> dict:
+    """At the highest concurrency: each of ours against the baseline and against the limit."""
+
+    def top(run: dict) -> float:
+        return run["levels"][-1]["rtfx"]
+
+    baseline, limit_rtfx = top(out["baseline"]), out["limit"]["rtfx"]
+    summary = {"baseline_rtfx": baseline, "limit_rtfx": limit_rtfx}
+    for key in ("ours", "ours_openai_api", "ours_in_process"):
+        if key in out:
+            rtfx = top(out[key])
+            summary[key] = {
+                "rtfx": rtfx,
+                "vs_baseline": round(rtfx / baseline, 2),
+                "vs_limit": round(rtfx / limit_rtfx, 2),
+            }
+            print(
+                f"{out[key]['label']:>32}: {rtfx:7.1f}x real time = {rtfx / baseline:5.2f}x the baseline "
+                f"({baseline}x), {rtfx / limit_rtfx:4.2f}x the limit ({limit_rtfx}x)",
+                flush=True,
+            )
+    return summary
 
 
 def load_stats(url: str) -> dict:
@@ -188,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--size", choices=("large", "tiny"), default="large")
     p.add_argument("--fp16", action="store_true")
+    p.add_argument(
+        "--compare-in-process", action="store_true", help="also measure the engine in the web process"
+    )
     p.add_argument("--long-hours", type=float, default=3.0)
     p.add_argument("--parts", default="throughput,precision,long", help="which parts to run")
     p.add_argument("--precision-files", type=int, default=200)

@@ -2,7 +2,8 @@
 answering /healthz, reports /readyz once warmed up, and stops cleanly on SIGTERM.
 
 Exit codes: 0 stopped on request; 2 bad arguments (argparse); 3 the models failed to load (the
-log says why; supervisord restarts us, and a crash loop ends FATAL).
+log says why; supervisord restarts us, and a crash loop ends FATAL); 4 the engine process died
+under us (supervisord restarts the instance).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asrfleet.config import InstanceConfig
+from asrfleet.logs import configure_logging
 
 if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _temp_dirs)
     import uvicorn
@@ -29,13 +31,14 @@ if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _te
 
 EXIT_OK = 0
 EXIT_LOAD_FAILED = 3
+EXIT_ENGINE_DIED = 4
 
 log = logging.getLogger("instances")
 
 
 def main(argv: list[str] | None = None) -> int:
     config = InstanceConfig.from_argv(argv)
-    _configure_logging(config.name)
+    configure_logging(config.name)
     dirs, owned = _temp_dirs(config)
     try:
         return _serve(config, dirs)
@@ -72,6 +75,8 @@ def _serve(config: InstanceConfig, dirs: InstanceDirs) -> int:
     log.info("%s listening on http://%s:%d (loading %s)", config.name, config.host, config.port, config.model)
     server.run()
     transcriber.close()
+    if state.engine_died:
+        return EXIT_ENGINE_DIED
     return EXIT_LOAD_FAILED if state.failed else EXIT_OK
 
 
@@ -81,17 +86,29 @@ def _note_stop(signum: int, frame: object) -> None:
 
 
 def _load(transcriber: Transcriber, state: LoadState, server: uvicorn.Server) -> None:
+    """Load the models; then, for an engine in its own process, watch that process."""
+    from asrfleet.engines.process import EngineProcess, LoadFailed
+
     try:
         transcriber.load()
     except Exception as err:  # any load failure ends the process: supervisord decides what next
-        log.debug("loading the models failed", exc_info=True)
         summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        log.error("loading the models failed: %s", summary, exc_info=not isinstance(err, ValueError))
-        log.error("exiting: %s", summary)  # last in the log, where `launcher.py status` looks
-        state.failed = summary
-        server.should_exit = True
+        quiet = isinstance(err, (ValueError, LoadFailed))  # a plain cause, or logged by the engine
+        log.error("loading the models failed: %s", summary, exc_info=not quiet)
+        _exit(state, server, summary)
         return
     log.info("ready after %.1f s", time.time() - state.started)
+    if isinstance(transcriber, EngineProcess):
+        code = transcriber.wait_died()
+        if code is not None:
+            state.engine_died = True
+            _exit(state, server, f"the engine process died (exit code {code})")
+
+
+def _exit(state: LoadState, server: uvicorn.Server, why: str) -> None:
+    log.error("exiting: %s", why)  # last in the log, where `launcher.py status` looks
+    state.failed = why
+    server.should_exit = True
 
 
 def _temp_dirs(config: InstanceConfig) -> tuple[InstanceDirs, bool]:
@@ -107,23 +124,13 @@ def _temp_dirs(config: InstanceConfig) -> tuple[InstanceDirs, bool]:
     for folder in (dirs.gradio, dirs.work):
         folder.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(dirs.gradio)
+    # Gradio rebuilds a pandas table of its last 10 000 events after every event, for a
+    # monitoring page we turn off: at 50 requests a second that cost more than serving them.
+    os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     os.environ["TMPDIR"] = str(dirs.work)
     tempfile.tempdir = str(dirs.work)
     return dirs, owned
-
-
-def _configure_logging(name: str) -> None:
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter(f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s"))
-    handler.addFilter(_quiet_libraries)
-    logging.basicConfig(level=logging.INFO, handlers=[handler])
-
-
-def _quiet_libraries(record: logging.LogRecord) -> bool:
-    """FunASR logs every model build on the root logger at INFO: keep only its warnings."""
-    if record.name == "root" or record.name.startswith(("modelscope", "httpx", "funasr")):
-        return record.levelno >= logging.WARNING
-    return True
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Transcriber
+from instances.downloads import Downloads, add_download_route
 from instances.openai_api import add_openai_routes
 from instances.routing import Activity, RouteCookie
 from instances.service import InstanceDirs, TranscriptionService
@@ -26,6 +27,7 @@ class LoadState:
 
     started: float
     failed: str | None = None
+    engine_died: bool = False
 
 
 def build_app(
@@ -38,7 +40,9 @@ def build_app(
     app.add_middleware(RouteCookie, name=config.name, activity=activity)
     _add_health_routes(app, config, transcriber, state, activity)
     add_openai_routes(app, service)
-    demo = build_ui(service)
+    downloads = Downloads(dirs.work / "downloads")
+    add_download_route(app, downloads)
+    demo = build_ui(service, downloads)
     app = gr.mount_gradio_app(
         app,
         demo,

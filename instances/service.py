@@ -1,4 +1,4 @@
-"""What the UI and the APIs share: safe paths in, transcripts and download files out.
+"""What the UI and the APIs share: safe paths in, transcripts out.
 
 The engine's blocking `transcribe()` runs in worker threads (many at once: the engine batches
 them), so the event loop stays free to answer health probes during the longest transcription.
@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import time
-import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +18,11 @@ import anyio
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions, Transcriber
 from asrfleet.errors import AsrError, BadRequest
-from asrfleet.transcript import Transcript, render
+from asrfleet.transcript import Transcript
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_FORMATS = ("txt", "srt", "json")
 UPLOAD_GRACE_S = 10.0
-_DOWNLOAD_MAX_AGE_S = 3600.0
-_SWEEP_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -51,13 +46,10 @@ class TranscriptionService:
         self.transcriber = transcriber
         self.upload_dir = upload_dir.resolve()
         self.work_dir = work_dir.resolve()
-        self.downloads_dir = self.work_dir / "downloads"
-        self.downloads_dir.mkdir(parents=True, exist_ok=True)
         # One thread per request in flight: each mostly waits for its batch, so this is cheap. Room
         # for more than the engine takes, so that one request too many gets its 503 at once.
         self._limiter = anyio.CapacityLimiter(config.max_queue + 16)
         self._in_use: Counter[Path] = Counter()
-        self._last_sweep = 0.0
 
     def check_upload(self, path: str | Path) -> Path:
         """The path, if a client uploaded it to us; `BadRequest` for any other server path.
@@ -104,38 +96,17 @@ class TranscriptionService:
             return
         self._in_use.pop(path, None)
         remove_quietly(path)
-        self._remove_empty_upload_dirs()
+        if path.parent != self.upload_dir:  # Gradio's folder for this upload, named by its hash
+            asyncio.get_running_loop().call_later(UPLOAD_GRACE_S, self._remove_if_empty, path.parent)
 
-    def _remove_empty_upload_dirs(self) -> None:
-        """Gradio's per-upload folders, once empty and untouched for a while."""
-        cutoff = time.time() - UPLOAD_GRACE_S
-        for folder in self.upload_dir.iterdir():
-            try:
-                if folder.is_dir() and folder.stat().st_mtime < cutoff and not any(folder.iterdir()):
-                    folder.rmdir()
-            except OSError:
-                continue  # in use again, or gone already
-
-    def write_downloads(self, transcript: Transcript, stem: str) -> list[Path]:
-        """The transcript as .txt, .srt and .json files for the UI's download box."""
-        if time.monotonic() - self._last_sweep > _SWEEP_EVERY_S:  # not a directory scan per request
-            self._last_sweep = time.monotonic()
-            self.sweep_downloads()
-        folder = self.downloads_dir / uuid.uuid4().hex
-        folder.mkdir()
-        paths = []
-        for fmt in DOWNLOAD_FORMATS:
-            target = folder / f"{stem}.{fmt}"
-            target.write_text(render(transcript, fmt), encoding="utf-8")
-            paths.append(target)
-        return paths
-
-    def sweep_downloads(self, max_age_s: float = _DOWNLOAD_MAX_AGE_S) -> None:
-        """Remove download folders older than an hour (Gradio has served its own copy by then)."""
-        cutoff = time.time() - max_age_s
-        for folder in self.downloads_dir.iterdir():
-            if folder.stat().st_mtime < cutoff:
-                shutil.rmtree(folder, ignore_errors=True)
+    def _remove_if_empty(self, folder: Path) -> None:
+        """An upload's folder, once empty and untouched for a while (an upload of the same content
+        that is on its way would write into it)."""
+        try:
+            if time.time() - folder.stat().st_mtime >= UPLOAD_GRACE_S:
+                folder.rmdir()  # refused while not empty
+        except OSError:
+            pass  # in use again, or gone already
 
 
 def remove_quietly(path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The Gradio page: upload or record, Transcribe, read the sentences, download txt/srt/json.
+"""The Gradio page: upload or record, Transcribe, read the sentences, download txt/srt/vtt/json.
 
 The same event is the Gradio API endpoint `/transcribe` (gradio_client: `api_name="/transcribe"`).
+It returns the text, the sentence table, the download links (HTML) and the transcript as JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gradio as gr
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.errors import AsrError
 from asrfleet.transcript import Transcript
+from instances.downloads import Downloads, links_html
 from instances.service import TranscriptionService, safe_stem, user_message
 
 log = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ press **Transcribe**. The transcript is punctuated and split into timed sentence
 text, subtitles or JSON."""
 
 
-def build_ui(service: TranscriptionService) -> gr.Blocks:
+def build_ui(service: TranscriptionService, downloads: Downloads) -> gr.Blocks:
     model = service.transcriber.model_name
     with gr.Blocks(title="Speech recognition", delete_cache=(600, 3600), analytics_enabled=False) as demo:
         gr.Markdown(INTRO)
@@ -35,24 +37,24 @@ def build_ui(service: TranscriptionService) -> gr.Blocks:
                 button = gr.Button("Transcribe", variant="primary")
             with gr.Column(scale=3):
                 text = gr.Textbox(label="Transcript", lines=10, buttons=["copy"], elem_id="transcript")
-                files = gr.File(label="Download", file_count="multiple", elem_id="downloads")
+                links = gr.HTML(elem_id="downloads")
         sentences = gr.Dataframe(
             headers=["start", "end", "sentence"], label="Sentences", wrap=True, elem_id="sentences"
         )
         details = gr.JSON(label="Details", visible=False)
         gr.Markdown(f"<small>Model: `{model}`</small>")
 
-        async def transcribe(recording: str | None, words: str | None) -> tuple[str, list, list[str], dict]:
+        async def transcribe(recording: str | None, words: str | None) -> tuple[str, list, str, dict]:
             if not recording:
                 raise gr.Error("Upload or record a recording first.", title="No recording")
             transcript = await _run(service, recording, words)
-            downloads = service.write_downloads(transcript, safe_stem(recording))
-            return transcript.text, _table(transcript), [str(p) for p in downloads], transcript.to_dict()
+            links_to = links_html(downloads.save(transcript), safe_stem(recording))
+            return transcript.text, _table(transcript), links_to, transcript.to_dict()
 
         button.click(
             transcribe,
             inputs=[audio, hotwords],
-            outputs=[text, sentences, files, details],
+            outputs=[text, sentences, links, details],
             api_name="transcribe",
             concurrency_limit=service.config.max_queue,
         )

@@ -15,6 +15,11 @@ ENGINES = {
 
 
 def create_transcriber(config: InstanceConfig) -> Transcriber:
+    """The configured engine: in a process of its own (see `process.py`) unless `in_process`."""
+    if not config.in_process:
+        from asrfleet.engines.process import EngineProcess
+
+        return EngineProcess(config, ENGINES[config.engine])
     module_name, class_name = ENGINES[config.engine].split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
     return cls(config)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import threading
@@ -93,8 +94,8 @@ def test_listens_on_loopback_only(server):
     assert listening == [f"127.0.0.1:{port}"]
 
 
-def test_transcript_equals_funasr(client, meeting, reference_pipeline):
-    text, table, files, details = transcribe(client, meeting)
+def test_transcript_equals_funasr(server, client, meeting, reference_pipeline):
+    text, table, links, details = transcribe(client, meeting)
     samples = decode_audio(meeting, AudioLimits(2**30, 36000))
     ref = reference_pipeline.generate(input=samples, batch_size_s=300, sentence_timestamp=True)[0]
     assert text == ref["text"]
@@ -103,9 +104,15 @@ def test_transcript_equals_funasr(client, meeting, reference_pipeline):
     ]
     assert [row[2] for row in table["data"]] == [s["text"] for s in ref["sentence_info"]]
     assert abs(details["duration"] - samples.size / 16000) < 1e-6
-    assert sorted(Path(f).suffix for f in files) == [".json", ".srt", ".txt"]
-    srt = Path(next(f for f in files if f.endswith(".srt"))).read_text(encoding="utf-8")
-    assert srt.startswith("1\n00:00:") and ref["sentence_info"][0]["text"] in srt
+    hrefs = re.findall(r'href="([^"]+)"', links)
+    assert [h.rsplit(".", 1)[1] for h in hrefs] == ["txt", "srt", "vtt", "json"]
+    assert all(h.startswith("downloads/") and "/meeting." in h for h in hrefs)  # relative: any prefix
+    srt = httpx.get(f"{server['url']}/{hrefs[1]}")
+    assert srt.status_code == 200 and "attachment" in srt.headers["content-disposition"]
+    assert srt.text.startswith("1\n00:00:") and ref["sentence_info"][0]["text"] in srt.text
+    assert httpx.get(f"{server['url']}/{hrefs[3]}").json()["text"] == text
+    assert httpx.get(f"{server['url']}/downloads/{'0' * 32}/meeting.srt").status_code == 404
+    assert httpx.get(f"{server['url']}/{hrefs[1][:-4]}.exe").status_code == 404
 
 
 def bad_inputs(folder: Path) -> dict[str, tuple[Path, str]]:

@@ -1,0 +1,251 @@
+"""Any engine in a process of its own, behind the same `Transcriber` interface.
+
+The web server (Gradio, the OpenAI API) and an engine's GPU thread would otherwise share one
+interpreter and one GIL: under load each slows the other, and the GPU waits for Python. Here the
+web process keeps a thin proxy, and the engine runs in a child process that owns the models and
+the GPU. The two talk over one pipe:
+
+    parent -> child   ("transcribe", call_id, path, options) | ("stats", call_id) | ("close",)
+    child -> parent   ("loaded", model_name) | ("load_failed", message)
+                      ("done", call_id, transcript_or_exception)
+
+The child runs each transcription in a thread of its own (the engine batches them), and exits
+when the pipe closes, so it never outlives its parent. If the child dies, every request in flight
+fails with a clear error and `wait_died()` returns, so the instance can exit and be restarted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import multiprocessing as mp
+import signal
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import count
+from multiprocessing.connection import Connection
+from pathlib import Path
+
+from asrfleet.config import InstanceConfig
+from asrfleet.engines.base import TranscribeOptions, display_name
+from asrfleet.errors import AsrError, NotReady
+from asrfleet.logs import configure_logging
+from asrfleet.transcript import Transcript
+
+log = logging.getLogger(__name__)
+
+_STATS_TIMEOUT_S = 5.0
+_CLOSE_TIMEOUT_S = 30.0
+
+
+class EngineStopped(AsrError):
+    """The engine process is gone; the instance restarts."""
+
+    status = 503
+    code = "engine_stopped"
+
+
+class LoadFailed(Exception):
+    """The engine process could not load its models (it has logged why)."""
+
+
+class EngineProcess:
+    """A `Transcriber` whose engine (`engine_class`, "module:Class") runs in a child process."""
+
+    def __init__(self, config: InstanceConfig, engine_class: str) -> None:
+        self.config = config
+        self.engine_class = engine_class
+        self.model_name = display_name(config.model)
+        self._conn: Connection | None = None
+        self._process: mp.process.BaseProcess | None = None
+        self._calls: dict[int, Future] = {}
+        self._ids = count()
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self._closing = threading.Event()
+        self._died = threading.Event()
+
+    # -- the Transcriber interface -----------------------------------------------------------------
+
+    def load(self) -> None:
+        ctx = mp.get_context("spawn")  # never fork a process that may hold CUDA or server threads
+        parent_end, child_end = ctx.Pipe()
+        self._process = ctx.Process(
+            target=serve_engine,
+            args=(self.config, self.engine_class, child_end),
+            name=f"{self.config.name}-engine",
+        )
+        self._process.start()
+        child_end.close()
+        self._conn = parent_end
+        try:
+            kind, detail = parent_end.recv()
+        except EOFError:
+            self._process.join(_CLOSE_TIMEOUT_S)
+            raise LoadFailed(f"the engine process exited with code {self._process.exitcode}") from None
+        if kind != "loaded":
+            self._process.join(_CLOSE_TIMEOUT_S)
+            raise LoadFailed(detail)
+        self.model_name = detail
+        threading.Thread(target=self._read, name="engine-reader", daemon=True).start()
+        self._ready.set()
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
+        return self._call("transcribe", str(path), options).result()
+
+    def stats(self) -> dict[str, object]:
+        try:
+            stats = self._call("stats").result(timeout=_STATS_TIMEOUT_S)
+        except (AsrError, TimeoutError):
+            return {"engine_process": "not answering"}
+        return {**stats, "engine_pid": self._process.pid if self._process else None}
+
+    def close(self) -> None:
+        self._closing.set()
+        self._ready.clear()
+        if self._conn is not None:
+            try:
+                self._send(("close",))
+            except OSError:
+                pass  # already gone
+        if self._process is not None:
+            self._process.join(_CLOSE_TIMEOUT_S)
+            if self._process.is_alive():
+                log.warning("the engine process did not stop in %.0f s; killing it", _CLOSE_TIMEOUT_S)
+                self._process.kill()
+                self._process.join()
+        self._fail_all(NotReady("the instance is shutting down; retry on another"))
+
+    def wait_died(self) -> int | None:
+        """Block until the engine process dies without being asked to; its exit code.
+
+        Returns None when the engine was closed on purpose instead.
+        """
+        self._died.wait()
+        return None if self._closing.is_set() or self._process is None else self._process.exitcode
+
+    # -- the parent's side of the pipe -------------------------------------------------------------
+
+    def _call(self, kind: str, *args: object) -> Future:
+        future: Future = Future()
+        if not self.ready:
+            future.set_exception(NotReady("the model is still loading; try again in a moment"))
+            return future
+        call_id = next(self._ids)
+        with self._lock:
+            self._calls[call_id] = future
+        try:
+            self._send((kind, call_id, *args))
+        except OSError:
+            with self._lock:
+                self._calls.pop(call_id, None)
+            future.set_exception(EngineStopped("the engine process has stopped; retry shortly"))
+        return future
+
+    def _send(self, message: tuple) -> None:
+        with self._lock:  # Connection.send is not safe from several threads at once
+            self._conn.send(message)
+
+    def _read(self) -> None:
+        try:
+            while True:
+                _, call_id, outcome = self._conn.recv()
+                with self._lock:
+                    future = self._calls.pop(call_id, None)
+                if future is None:
+                    continue
+                if isinstance(outcome, BaseException):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
+        except (EOFError, OSError):
+            pass
+        self._ready.clear()
+        if not self._closing.is_set():
+            self._process.join(1.0)
+            log.error("the engine process died (exit code %s)", self._process.exitcode)
+        self._fail_all(EngineStopped("the engine process has stopped; retry shortly"))
+        self._died.set()
+
+    def _fail_all(self, error: AsrError) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, {}
+        for future in calls.values():
+            if not future.done():
+                future.set_exception(error)
+
+
+# -- the child ---------------------------------------------------------------------------------------
+
+
+def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) -> None:
+    """The engine process: load, then answer calls until the pipe closes or "close" arrives."""
+    configure_logging(f"{config.name}-engine")
+    # The web process stops us itself, once its requests are done: a signal to the whole process
+    # group (supervisord's stopasgroup) must not kill the engine under a request that is finishing.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    module_name, class_name = engine_class.split(":")
+    try:
+        engine = getattr(importlib.import_module(module_name), class_name)(config)
+        engine.load()
+    except Exception as err:  # reported to the parent, which logs it and exits with its load code
+        log.debug("loading failed", exc_info=True)
+        conn.send(("load_failed", _summary(err)))
+        if not isinstance(err, ValueError):
+            log.error("loading the models failed", exc_info=True)
+        return
+    conn.send(("loaded", engine.model_name))
+    _Answerer(engine, conn, threads=config.max_queue + 16).run()
+
+
+class _Answerer:
+    def __init__(self, engine, conn: Connection, threads: int) -> None:
+        self.engine = engine
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
+
+    def run(self) -> None:
+        try:
+            while True:
+                message = self.conn.recv()
+                if message[0] == "close":
+                    break
+                if message[0] == "transcribe":
+                    _, call_id, path, options = message
+                    self.pool.submit(self._transcribe, call_id, Path(path), options)
+                elif message[0] == "stats":
+                    self._answer(message[1], self.engine.stats())
+        except (EOFError, OSError):
+            log.info("the web process is gone; stopping")
+        finally:
+            self.engine.close()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _transcribe(self, call_id: int, path: Path, options: TranscribeOptions) -> None:
+        try:
+            outcome: object = self.engine.transcribe(path, options)
+        except AsrError as err:
+            outcome = err
+        except Exception:  # a bug: logged here with its traceback, a plain message goes back
+            log.exception("transcribing %s failed", path)
+            outcome = AsrError("the server failed to transcribe this file; the error has been logged")
+        self._answer(call_id, outcome)
+
+    def _answer(self, call_id: int, outcome: object) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(("done", call_id, outcome))
+        except OSError:
+            pass  # the parent is gone; run() notices and stops
+
+
+def _summary(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

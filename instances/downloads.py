@@ -1,0 +1,93 @@
+"""Download links for a transcript (txt, srt, vtt, json), served by the instance itself.
+
+The UI used to hand Gradio three files per request, and Gradio hashed and copied each into its
+cache: most of the web server's time per request at a few dozen requests a second. Instead one
+small JSON file is saved per transcript, and `/downloads/{token}/{name}.{format}` renders the
+format when someone clicks. Links are relative, so they work through nginx (the routing cookie
+brings the browser back to this instance), under a root path and through an SSH tunnel alike.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import Response
+
+from asrfleet.transcript import FORMATS, Transcript, render
+
+_MEDIA_TYPES = {
+    "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "json": "application/json",
+}
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+MAX_AGE_S = 3600.0
+_SWEEP_EVERY_S = 60.0
+
+
+class Downloads:
+    """Saved transcripts, one JSON file each, kept for an hour."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._last_sweep = 0.0
+
+    def save(self, transcript: Transcript) -> str:
+        """Keep the transcript for its download links; the token that names it."""
+        if time.monotonic() - self._last_sweep > _SWEEP_EVERY_S:  # not a directory scan per request
+            self._last_sweep = time.monotonic()
+            self.sweep()
+        token = uuid.uuid4().hex
+        (self.folder / f"{token}.json").write_text(json.dumps(transcript.to_dict()), encoding="utf-8")
+        return token
+
+    def load(self, token: str) -> Transcript | None:
+        if not _TOKEN.match(token):
+            return None
+        try:
+            data = json.loads((self.folder / f"{token}.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        return Transcript.from_dict(data)
+
+    def sweep(self, max_age_s: float = MAX_AGE_S) -> None:
+        cutoff = time.time() - max_age_s
+        for path in self.folder.iterdir():
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+            except OSError:
+                continue  # removed meanwhile
+
+
+def links_html(token: str, stem: str) -> str:
+    """The UI's download links for one saved transcript."""
+    links = " · ".join(
+        f'<a href="downloads/{token}/{quote(stem)}.{fmt}" download="{html.escape(stem)}.{fmt}">{fmt}</a>'
+        for fmt in FORMATS
+    )
+    return f'<div class="downloads">Download: {links}</div>'
+
+
+def add_download_route(app: FastAPI, downloads: Downloads) -> None:
+    @app.get("/downloads/{token}/{filename}")
+    def download(token: str, filename: str) -> Response:
+        stem, _, fmt = filename.rpartition(".")
+        transcript = downloads.load(token)
+        if transcript is None or fmt not in FORMATS or not stem:
+            raise HTTPException(404, "no such transcript (links last an hour)")
+        disposition = f"attachment; filename*=UTF-8''{quote(filename)}"
+        return Response(
+            render(transcript, fmt),
+            media_type=_MEDIA_TYPES[fmt],
+            headers={"Content-Disposition": disposition},
+        )
