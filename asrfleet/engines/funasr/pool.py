@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import signal
 import threading
@@ -169,7 +170,13 @@ class PreparePool:
 
     def _read_results(self) -> None:
         while True:
-            kind, worker_id, tag, message = self._results.get()
+            try:
+                kind, worker_id, tag, message = self._results.get()
+            except (EOFError, OSError, TypeError, ValueError, pickle.UnpicklingError):
+                if self._closed:
+                    return  # a worker killed at shutdown in the middle of a message
+                log.exception("a worker message could not be read")
+                continue
             if kind == "closed":
                 return
             if kind in ("ready", "idle"):

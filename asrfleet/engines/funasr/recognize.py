@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import funasr.utils.timestamp_tools as _timestamp_tools
@@ -48,16 +50,30 @@ class Recognizer:
         self.fp16 = fp16 and self.device.type == "cuda"
         self.timestamps = hasattr(model, "calc_predictor_timestamp")
 
-    def _half(self) -> torch.autocast:
-        """fp16 autocast for the encoder and decoder, where the time goes. Half weights do not
-        work (FunASR's decoder mixes float32 masks into its convolutions), and the CIF predictor
-        runs outside autocast: its integrate-and-fire sums and thresholds need float32."""
-        return torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16)
+    @contextmanager
+    def _dense(self) -> Iterator[None]:
+        """How the encoder and decoder run: where the time goes.
+
+        fp16 autocast when asked. Half weights do not work (FunASR's decoder mixes float32 masks
+        into its convolutions), and the CIF predictor runs outside: its integrate-and-fire sums
+        and thresholds need float32.
+
+        cuDNN off. SANM's FSMN memory blocks are depthwise 1-D convolutions (66 of them), and
+        the input length changes with every batch: cuDNN plans each new shape on the host, about
+        2 ms a convolution, so most of a small batch's time went to planning (measured with
+        `python -m benchmarks.recognizer --profile 8` on an H200). PyTorch's own depthwise kernel
+        needs no plan. The timestamp head's LSTM keeps cuDNN.
+        """
+        with (
+            torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16),
+            torch.backends.cudnn.flags(enabled=False),
+        ):
+            yield
 
     @torch.inference_mode()
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
         speech, lengths = self._pad(feats)
-        with self._half():
+        with self._dense():
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
@@ -66,7 +82,7 @@ class Recognizer:
         token_lens = token_num.round().long()
         if int(token_lens.max()) < 1:
             return [EMPTY] * len(feats)
-        with self._half():
+        with self._dense():
             scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, token_lens)
         tokens = scores.argmax(dim=-1).cpu()
         stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
