@@ -18,6 +18,7 @@ from pathlib import Path
 
 from benchmarks import load
 from benchmarks.one_gpu import build_model
+from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model = build_model(args.work, args.size)
     recordings = collect([args.audio]) * args.repeat

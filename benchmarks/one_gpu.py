@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks import limit, load
-from benchmarks.servers import server
+from benchmarks.servers import exit_on_sigterm, server
 from benchmarks.workload import Recording, collect, total_s, write_wav
 
 
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)
     logs = args.out.parent / "logs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 
+from asrfleet.fleet.probes import port_in_use
 from asrfleet.processes import stop_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +23,8 @@ def server(
     args: list[str], port: int, log: Path, ready_path: str, env: dict | None = None, timeout: float = 600
 ):
     """`python ARGS` until `ready_path` answers 200 on `port`; yields the base URL."""
+    if port_in_use("127.0.0.1", port):  # whatever holds it would answer in our server's place
+        raise RuntimeError(f"port {port} is already in use; stop what listens there first")
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, *args],
@@ -47,3 +51,13 @@ def server(
         yield url
     finally:
         stop_group(proc)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (`timeout`, a CI runner) ends the benchmark like Ctrl-C: servers it started are
+    stopped on the way out instead of being left running on their ports and GPUs."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)

@@ -25,7 +25,7 @@ from asrfleet.fleet import state
 from asrfleet.fleet.control import RUNNING, Supervisor
 from asrfleet.fleet.gpus import discover_gpus
 from asrfleet.fleet.plan import FleetOptions, Plan, instance_by_name, plan_fleet, with_down, with_draining
-from asrfleet.fleet.probes import Readiness, instance_url, is_quiet, probe
+from asrfleet.fleet.probes import Readiness, instance_url, is_quiet, port_in_use, probe
 from asrfleet.fleet.render import nginx_test_command, render_nginx, render_supervisord, required_directories
 from asrfleet.fleet.spec import FleetSpec, InstanceSpec
 from asrfleet.fleet.ssh import ssh_tunnel_command
@@ -76,6 +76,7 @@ def up(opts: FleetOptions, ssh: SshOptions, out: Say = say) -> int:
         return reconcile(running, opts, ssh, out)
     plan = make_plan(opts, out)
     spec = plan.spec
+    check_ports_free(spec.instances, ((spec.lb_host, spec.lb_port, "nginx"),))
     prepare_run_dir(spec)
     write_configs(spec)
     supervisor = Supervisor(spec.socket_path)
@@ -85,6 +86,20 @@ def up(opts: FleetOptions, ssh: SshOptions, out: Say = say) -> int:
     wait_ready(spec, list(spec.instances), supervisor, opts.ready_timeout_s, out)
     print_fleet(spec, supervisor, ssh, out)
     return EXIT_OK
+
+
+def check_ports_free(
+    instances: tuple[InstanceSpec, ...] | list[InstanceSpec], others: tuple[tuple[str, int, str], ...] = ()
+) -> None:
+    """Refuse to start when a port is taken: a stale process there would answer our probes."""
+    wanted = [(i.host, i.port, i.name) for i in instances] + list(others)
+    taken = [f"{port} ({name})" for host, port, name in wanted if port_in_use(host, port)]
+    if taken:
+        raise LaunchError(
+            f"port {', '.join(taken)} is already in use by another process; stop it, "
+            "or choose other ports with --base-port / --lb-port",
+            EXIT_CONFIG,
+        )
 
 
 def make_plan(opts: FleetOptions, out: Say) -> Plan:
@@ -223,6 +238,7 @@ def reconcile(running: FleetSpec, opts: FleetOptions, ssh: SshOptions, out: Say)
     removed = [i for n, i in old_by_name.items() if n not in new_by_name]
     changed = [i for n, i in new_by_name.items() if n in old_by_name and old_by_name[n] != i]
     out(f"changing the running fleet: +{len(added)} -{len(removed)} ~{len(changed)} instances")
+    check_ports_free(added)
     prepare_run_dir(new)
     check_nginx(new)
     # Old and new instances side by side while removed ones drain: no session is cut short.

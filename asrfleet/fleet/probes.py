@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 
 import httpx
@@ -14,7 +15,7 @@ PROBE_TIMEOUT_S = 2.0
 @dataclass(frozen=True)
 class Readiness:
     ready: bool
-    status: str  # "ready", "loading", "failed", "down" (no answer)
+    status: str  # "ready", "loading", "failed", "down" (no answer), "foreign" (another process answers)
     detail: dict = field(default_factory=dict)
 
 
@@ -32,9 +33,23 @@ def probe(instance: InstanceSpec, timeout: float = PROBE_TIMEOUT_S) -> Readiness
         body = response.json()
     except ValueError:
         body = {}
+    if body.get("name") != instance.name:  # a stale or foreign process holds the port
+        return Readiness(False, "foreign", body)
     if response.status_code == 200:
         return Readiness(True, "ready", body)
     return Readiness(False, str(body.get("status", f"http {response.status_code}")), body)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something already listens there (binding would fail)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def is_quiet(readiness: Readiness, quiet_s: float) -> bool:

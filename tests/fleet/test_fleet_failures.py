@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
 import pytest
 from fleetctl import launcher, teardown
 
@@ -51,3 +57,52 @@ def test_a_crash_loop_ends_fatal_and_status_says_why(tmp_path, vad_dir):
         assert "exiting: --model" in status.stdout
     finally:
         teardown(run_dir)
+
+
+def test_a_taken_port_is_refused_before_anything_starts(tmp_path, paraformer_args):
+    """A stale process on an instance's port would answer our readiness probes in its place."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        run_dir = tmp_path / "run"
+        args = ["--instances", "1", "--run-dir", str(run_dir), "--device", "cpu", *paraformer_args]
+        up = launcher(*args, "--lb-port", str(free_port()), "--base-port", str(port), check=False)
+    assert up.returncode == 4, up.stdout + up.stderr
+    assert f"port {port} (asr-0) is already in use" in up.stderr and "Traceback" not in up.stderr
+    assert not (run_dir / "supervisord.pid").exists()
+
+
+def test_readiness_comes_from_the_named_instance_only():
+    from asrfleet.fleet.probes import probe
+    from asrfleet.fleet.spec import InstanceSpec
+
+    answer = json.dumps({"status": "ready", "name": "asr-long"}).encode()
+
+    class Stale(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Stale)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        spec = InstanceSpec(
+            name="asr-1",
+            index=1,
+            port=port,
+            gpu=None,
+            command=("true",),
+            environment={"CUDA_VISIBLE_DEVICES": "", "TMPDIR": "/tmp", "GRADIO_TEMP_DIR": "/tmp"},
+            temp_dir=Path("/tmp"),
+            log_file=Path("/tmp/asr-1.log"),
+        )
+        readiness = probe(spec)
+        assert not readiness.ready and readiness.status == "foreign"
+    finally:
+        server.shutdown()
