@@ -63,8 +63,9 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
         _level(t["ours_openai_api"])["rtfx"] / t["limit"]["rtfx"],
     ]
     targets = [8, 8, 0.6, 0.6]
+    tag = f"\n({fleet['run_note']})" if "run_note" in fleet else ""  # when it comes from another run
     for run in fleet["runs"][1:]:
-        labels.append(f"fleet of {run['instances']}\n/ one instance")
+        labels.append(f"fleet of {run['instances']}\n/ one instance{tag}")
         speed.append(run["levels"][0]["rtfx"] / single)
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
