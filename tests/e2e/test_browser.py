@@ -62,8 +62,13 @@ def test_whisper_page(browser, whisper_instance, artifacts, tmp_path):
         browser, whisper_instance.url, recording, artifacts / "browser-whisper.png"
     )
     assert text == media.EN_SENTENCE
-    offered = page.locator("#downloads").inner_text().replace("\n", "")
-    assert all(f"monday.{fmt}" in offered for fmt in ("txt", "srt", "json"))  # the downloads
+    links = page.locator("#downloads a")
+    assert [links.nth(i).inner_text() for i in range(links.count())] == ["txt", "srt", "vtt", "json"]
+    with page.expect_download() as download:  # a person clicks "srt" and gets the subtitles file
+        links.nth(1).click()
+    assert download.value.suggested_filename == "monday.srt"
+    srt = Path(download.value.path()).read_text(encoding="utf-8")
+    assert srt.startswith("1\n00:00:0") and media.EN_SENTENCE in srt
     page.close()
 
 

@@ -66,6 +66,17 @@ def test_sessions_through_nginx_reach_both_instances(fleet, recording):
     assert {route for route, _ in results} == {"asr-0", "asr-1"}
 
 
+def test_download_links_work_through_nginx(fleet, recording):
+    """The links are relative and the instance keeps the file: the routing cookie brings the
+    browser back to that instance."""
+    client = Client(fleet["url"], verbose=False)
+    _, _, links, details = client.predict(handle_file(str(recording)), "", api_name="/transcribe")
+    href = next(h for h in re.findall(r'href="([^"]+)"', links) if h.endswith(".srt"))
+    answer = httpx.get(f"{fleet['url']}/{href}", cookies=client.cookies, timeout=30)
+    assert answer.status_code == 200 and answer.text.startswith("1\n00:00:")
+    assert details["sentences"][0]["text"] in answer.text
+
+
 def test_status(fleet):
     result = launcher("status", "--run-dir", str(fleet["run_dir"]))
     assert result.returncode == 0 and result.stdout.count(" ready") == 2
