@@ -97,7 +97,8 @@ class TranscriptionService:
         self._in_use.pop(path, None)
         remove_quietly(path)
         if path.parent != self.upload_dir:  # Gradio's folder for this upload, named by its hash
-            asyncio.get_running_loop().call_later(UPLOAD_GRACE_S, self._remove_if_empty, path.parent)
+            # later than the grace, or the unlink just now would keep the folder's mtime too young
+            asyncio.get_running_loop().call_later(UPLOAD_GRACE_S + 1.0, self._remove_if_empty, path.parent)
 
     def _remove_if_empty(self, folder: Path) -> None:
         """An upload's folder, once empty and untouched for a while (an upload of the same content

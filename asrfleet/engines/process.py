@@ -132,6 +132,9 @@ class EngineProcess:
 
     def _call(self, kind: str, *args: object) -> Future:
         future: Future = Future()
+        if self._died.is_set():
+            future.set_exception(EngineStopped("the engine process has stopped; retry shortly"))
+            return future
         if not self.ready:
             future.set_exception(NotReady("the model is still loading; try again in a moment"))
             return future
@@ -221,12 +224,19 @@ class _Answerer:
                     _, call_id, path, options = message
                     self.pool.submit(self._transcribe, call_id, Path(path), options)
                 elif message[0] == "stats":
-                    self._answer(message[1], self.engine.stats())
+                    self._answer(message[1], self._stats())
         except (EOFError, OSError):
             log.info("the web process is gone; stopping")
         finally:
             self.engine.close()
             self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _stats(self) -> dict[str, object]:
+        try:
+            return self.engine.stats()
+        except Exception as err:  # stats are for people; a failure there must not stop the engine
+            log.warning("the engine's stats failed: %r", err)
+            return {"stats_error": repr(err)}
 
     def _transcribe(self, call_id: int, path: Path, options: TranscribeOptions) -> None:
         try:

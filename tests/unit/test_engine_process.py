@@ -60,6 +60,8 @@ def test_requests_run_together(engine):
 
 def test_load_failure_is_reported():
     engine = EngineProcess(CONFIG.replace(model=FAIL_TO_LOAD), ENGINE)
+    with pytest.raises(NotReady):
+        call(engine, "ok")  # before loading
     with pytest.raises(LoadFailed, match="not a model directory"):
         engine.load()
     assert not engine.ready
@@ -75,7 +77,7 @@ def test_a_crash_fails_requests_in_flight_and_is_reported(engine):
             hanging.result(timeout=10)
     assert engine.wait_died() == 9
     assert not engine.ready
-    with pytest.raises(NotReady):
+    with pytest.raises(EngineStopped):
         call(engine, "ok")
     assert "not answering" in str(engine.stats())
 
