@@ -399,6 +399,8 @@ def _state_text(process_state: str, readiness: Readiness) -> str:
         return "ready"
     if process_state not in (RUNNING, "STARTING"):
         return process_state
+    if readiness.status == "foreign":
+        return f"port taken by another process ({readiness.detail.get('name', '?')})"
     return readiness.status
 
 
