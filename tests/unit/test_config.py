@@ -25,6 +25,7 @@ def test_argv_round_trip():
         max_duration_s=60.0,
         workers=3,
         threads=2,
+        in_process=True,
         temp_dir=Path("/t"),
         model_cache=Path("/c"),
     )
