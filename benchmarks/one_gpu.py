@@ -51,9 +51,11 @@ def instance_args(model: Path, vad: Path, port: int, device: str, fp16: bool, na
     return args + (["--fp16"] if fp16 else [])
 
 
-def throughput(args, model: Path, utterances: list[Recording], mixed: list[Recording], logs: Path) -> dict:
+def throughput(
+    args, model: Path, utterances: list[Recording], mixed: list[Recording], logs: Path, out: dict
+) -> None:
+    """Fills `out` as it goes, so that a run cut short keeps what it measured."""
     levels = [int(c) for c in args.concurrency.split(",")]
-    out: dict = {}
     device = "cuda:0" if args.device == "cuda" else "cpu"
     out["limit"] = limit.measure(str(model), utterances, batch=128, device=device)
     print("limit:", out["limit"], flush=True)
@@ -86,7 +88,6 @@ def throughput(args, model: Path, utterances: list[Recording], mixed: list[Recor
                 url, utterances, [max(levels)], procs=args.procs, label="ours, engine in the web process"
             )
     out["summary"] = summarize(out)
-    return out
 
 
 def summarize(out: dict) -> dict:
@@ -245,17 +246,20 @@ def main(argv: list[str] | None = None) -> int:
         punctuation="none (both sides)",
     )
     parts = args.parts.split(",")
-    if "throughput" in parts:
-        result["throughput"] = throughput(args, model, utterances, mixed, logs)
-        args.out.write_text(json.dumps(result, indent=2))  # each part saved as soon as it is done
-    if "precision" in parts:
-        result["precision"] = precision(args, model, utterances[: args.precision_files])
-        print("precision:", result["precision"], flush=True)
+    try:  # whatever was measured is written, also when the run is cut short (SIGTERM, an error)
+        if "throughput" in parts:
+            result["throughput"] = {}
+            throughput(args, model, utterances, mixed, logs, result["throughput"])
+            args.out.write_text(json.dumps(result, indent=2))
+        if "precision" in parts:
+            result["precision"] = precision(args, model, utterances[: args.precision_files])
+            print("precision:", result["precision"], flush=True)
+            args.out.write_text(json.dumps(result, indent=2))
+        if "long" in parts:
+            result["long_recording"] = long_recording(args, model, logs, args.work)
+    finally:
         args.out.write_text(json.dumps(result, indent=2))
-    if "long" in parts:
-        result["long_recording"] = long_recording(args, model, logs, args.work)
-    args.out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.out}", flush=True)
+        print(f"wrote {args.out}", flush=True)
     return 0
 
 
