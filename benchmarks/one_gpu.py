@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         precision="fp16" if args.fp16 else "fp32",
         punctuation="none (both sides)",
     )
+    print(f"{result['model']} on {result['hardware']}, {result['precision']}", flush=True)
     parts = args.parts.split(",")
     try:  # whatever was measured is written, also when the run is cut short (SIGTERM, an error)
         if "throughput" in parts:
