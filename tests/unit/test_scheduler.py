@@ -101,7 +101,7 @@ def test_integrate_and_fire_is_bit_identical_to_funasrs():
     from asrfleet.engines.funasr.recognize import FUNASR_CIF_WO_HIDDEN, integrate_and_fire
 
     rng = np.random.default_rng(7)
-    for shape in ((1, 300), (5, 451), (16, 90)):
+    for shape in ((1, 300), (5, 451), (16, 90), (40, 120), (0, 10)):
         alphas = (rng.random(shape, dtype=np.float32) * 0.6).astype(np.float32)
         theirs = FUNASR_CIF_WO_HIDDEN(torch.from_numpy(alphas.copy()), 1.0 - 1e-4).numpy()
         assert np.array_equal(integrate_and_fire(alphas, 1.0 - 1e-4), theirs)

@@ -144,19 +144,37 @@ class Recognizer:
         return SegmentText(text, timestamps)
 
 
+_ROWS_FOR_ARRAYS = 16  # below this, a loop over float32 scalars beats array operations per frame
+
+
 def integrate_and_fire(alphas: np.ndarray, threshold: float) -> np.ndarray:
     """The integrated weight at every frame (B, T), firing whenever it reaches `threshold`.
 
-    The same float32 arithmetic, in the same order, as FunASR's `cif_wo_hidden`.
+    The same float32 arithmetic, in the same order, as FunASR's `cif_wo_hidden`. A segment's
+    rescan (one row) runs for most segments, on the GPU thread: as float32 scalars it takes 0.03
+    ms for 225 frames, against 0.6 ms as one-row array operations.
     """
     alphas = np.ascontiguousarray(alphas, dtype=np.float32)
     limit = np.float32(threshold)
+    if alphas.shape[0] < _ROWS_FOR_ARRAYS:
+        return np.stack([_integrate_row(row, limit) for row in alphas]) if len(alphas) else alphas.copy()
     integrate = np.zeros(alphas.shape[0], dtype=np.float32)
     fires = np.empty_like(alphas)
     for t in range(alphas.shape[1]):
         integrate = integrate + alphas[:, t]
         fires[:, t] = integrate
         integrate = np.where(integrate >= limit, integrate - limit, integrate)
+    return fires
+
+
+def _integrate_row(row: np.ndarray, limit: np.float32) -> np.ndarray:
+    fires = np.empty_like(row)
+    integrate = np.float32(0.0)
+    for t, alpha in enumerate(row):  # numpy float32 scalars: float32 arithmetic throughout
+        integrate = integrate + alpha
+        fires[t] = integrate
+        if integrate >= limit:
+            integrate = integrate - limit
     return fires
 
 
