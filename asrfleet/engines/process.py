@@ -22,6 +22,7 @@ import multiprocessing as mp
 import signal
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout  # not the builtin before 3.11
 from itertools import count
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -100,7 +101,7 @@ class EngineProcess:
     def stats(self) -> dict[str, object]:
         try:
             stats = self._call("stats").result(timeout=_STATS_TIMEOUT_S)
-        except (AsrError, TimeoutError):
+        except (AsrError, FutureTimeout):
             return {"engine_process": "not answering"}
         return {**stats, "engine_pid": self._process.pid if self._process else None}
 
