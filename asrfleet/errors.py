@@ -61,3 +61,16 @@ class NotReady(Busy):
     """The models are still loading."""
 
     code = "not_ready"
+
+
+def user_message(err: BaseException) -> str:
+    """What the user is told: the AsrError's own words, or a generic line (the traceback is logged)."""
+    if isinstance(err, AsrError):
+        return err.message
+    return "the server failed to transcribe this file; the error has been logged"
+
+
+def first_line(err: BaseException) -> str:
+    """An exception in one line, for logs and status: its message's first line, or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

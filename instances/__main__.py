@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asrfleet.config import InstanceConfig
+from asrfleet.errors import first_line
 from asrfleet.logs import configure_logging
 
 if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _temp_dirs)
@@ -54,7 +55,7 @@ def _serve(config: InstanceConfig, dirs: InstanceDirs) -> int:
     from instances.app import LoadState, build_app
 
     transcriber = create_transcriber(config)
-    state = LoadState(started=time.time())
+    state = LoadState(started=time.time(), exit_code=EXIT_OK)
     app = build_app(config, transcriber, dirs, state)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -75,9 +76,7 @@ def _serve(config: InstanceConfig, dirs: InstanceDirs) -> int:
     log.info("%s listening on http://%s:%d (loading %s)", config.name, config.host, config.port, config.model)
     server.run()
     transcriber.close()
-    if state.engine_died:
-        return EXIT_ENGINE_DIED
-    return EXIT_LOAD_FAILED if state.failed else EXIT_OK
+    return state.exit_code
 
 
 def _note_stop(signum: int, frame: object) -> None:
@@ -92,22 +91,22 @@ def _load(transcriber: Transcriber, state: LoadState, server: uvicorn.Server) ->
     try:
         transcriber.load()
     except Exception as err:  # any load failure ends the process: supervisord decides what next
-        summary = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        summary = first_line(err)
         quiet = isinstance(err, (ValueError, LoadFailed))  # a plain cause, or logged by the engine
         log.error("loading the models failed: %s", summary, exc_info=not quiet)
-        _exit(state, server, summary)
+        _exit(state, server, summary, EXIT_LOAD_FAILED)
         return
     log.info("ready after %.1f s", time.time() - state.started)
     if isinstance(transcriber, EngineProcess):
         code = transcriber.wait_died()
         if code is not None:
-            state.engine_died = True
-            _exit(state, server, f"the engine process died (exit code {code})")
+            _exit(state, server, f"the engine process died (exit code {code})", EXIT_ENGINE_DIED)
 
 
-def _exit(state: LoadState, server: uvicorn.Server, why: str) -> None:
+def _exit(state: LoadState, server: uvicorn.Server, why: str, code: int) -> None:
     log.error("exiting: %s", why)  # last in the log, where `launcher.py status` looks
     state.failed = why
+    state.exit_code = code
     server.should_exit = True
 
 

@@ -27,7 +27,7 @@ class LoadState:
 
     started: float
     failed: str | None = None
-    engine_died: bool = False
+    exit_code: int = 0  # the instance's, once it has decided to exit
 
 
 def build_app(

@@ -17,7 +17,7 @@ import anyio
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions, Transcriber
-from asrfleet.errors import AsrError, BadRequest
+from asrfleet.errors import BadRequest
 from asrfleet.transcript import Transcript
 
 log = logging.getLogger(__name__)
@@ -122,10 +122,3 @@ def safe_stem(name: str | None) -> str:
     stem = Path(name or "transcript").stem
     cleaned = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip("._")
     return cleaned[:80] or "transcript"
-
-
-def user_message(err: BaseException) -> str:
-    """What the user is told: the AsrError's own words, or a generic line (the traceback is logged)."""
-    if isinstance(err, AsrError):
-        return err.message
-    return "the server failed to transcribe this file; the error has been logged"

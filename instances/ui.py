@@ -11,10 +11,10 @@ import logging
 import gradio as gr
 
 from asrfleet.engines.base import TranscribeOptions
-from asrfleet.errors import AsrError
+from asrfleet.errors import AsrError, user_message
 from asrfleet.transcript import Transcript
 from instances.downloads import Downloads, links_html
-from instances.service import TranscriptionService, safe_stem, user_message
+from instances.service import TranscriptionService, safe_stem
 
 log = logging.getLogger(__name__)
 

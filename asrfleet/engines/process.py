@@ -29,7 +29,7 @@ from pathlib import Path
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions, display_name
-from asrfleet.errors import AsrError, NotReady
+from asrfleet.errors import AsrError, NotReady, first_line, user_message
 from asrfleet.logs import configure_logging
 from asrfleet.transcript import Transcript
 
@@ -44,6 +44,10 @@ class EngineStopped(AsrError):
 
     status = 503
     code = "engine_stopped"
+
+
+def _stopped() -> EngineStopped:
+    return EngineStopped("the engine process has stopped; retry shortly")
 
 
 class LoadFailed(Exception):
@@ -134,7 +138,7 @@ class EngineProcess:
     def _call(self, kind: str, *args: object) -> Future:
         future: Future = Future()
         if self._died.is_set():
-            future.set_exception(EngineStopped("the engine process has stopped; retry shortly"))
+            future.set_exception(_stopped())
             return future
         if not self.ready:
             future.set_exception(NotReady("the model is still loading; try again in a moment"))
@@ -147,7 +151,7 @@ class EngineProcess:
         except OSError:
             with self._lock:
                 self._calls.pop(call_id, None)
-            future.set_exception(EngineStopped("the engine process has stopped; retry shortly"))
+            future.set_exception(_stopped())
         return future
 
     def _send(self, message: tuple) -> None:
@@ -172,7 +176,7 @@ class EngineProcess:
         if not self._closing.is_set():
             self._process.join(1.0)
             log.error("the engine process died (exit code %s)", self._process.exitcode)
-        self._fail_all(EngineStopped("the engine process has stopped; retry shortly"))
+        self._fail_all(_stopped())
         self._died.set()
 
     def _fail_all(self, error: AsrError) -> None:
@@ -200,7 +204,7 @@ def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) ->
         engine.load()
     except Exception as err:  # reported to the parent, which logs it and exits with its load code
         log.debug("loading failed", exc_info=True)
-        conn.send(("load_failed", _summary(err)))
+        conn.send(("load_failed", first_line(err)))
         if not isinstance(err, ValueError):
             log.error("loading the models failed", exc_info=True)
         return
@@ -244,9 +248,9 @@ class _Answerer:
             outcome: object = self.engine.transcribe(path, options)
         except AsrError as err:
             outcome = err
-        except Exception:  # a bug: logged here with its traceback, a plain message goes back
+        except Exception as err:  # a bug: logged here with its traceback, a plain message goes back
             log.exception("transcribing %s failed", path)
-            outcome = AsrError("the server failed to transcribe this file; the error has been logged")
+            outcome = AsrError(user_message(err))
         self._answer(call_id, outcome)
 
     def _answer(self, call_id: int, outcome: object) -> None:
@@ -255,8 +259,3 @@ class _Answerer:
                 self.conn.send(("done", call_id, outcome))
         except OSError:
             pass  # the parent is gone; run() notices and stops
-
-
-def _summary(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,9 +88,7 @@ def up(opts: FleetOptions, ssh: SshOptions, out: Say = say) -> int:
     return EXIT_OK
 
 
-def check_ports_free(
-    instances: tuple[InstanceSpec, ...] | list[InstanceSpec], others: tuple[tuple[str, int, str], ...] = ()
-) -> None:
+def check_ports_free(instances: Sequence[InstanceSpec], others: Sequence[tuple[str, int, str]] = ()) -> None:
     """Refuse to start when a port is taken: a stale process there would answer our probes."""
     wanted = [(i.host, i.port, i.name) for i in instances] + list(others)
     taken = [f"{port} ({name})" for host, port, name in wanted if port_in_use(host, port)]

@@ -172,7 +172,11 @@ class PreparePool:
         while True:
             try:
                 kind, worker_id, tag, message = self._results.get()
-            except (EOFError, OSError, TypeError, ValueError, pickle.UnpicklingError):
+            except (EOFError, OSError):  # the queue itself is gone: nothing more will arrive
+                if not self._closed:
+                    log.exception("the workers' result queue broke")
+                return
+            except (TypeError, ValueError, pickle.UnpicklingError):
                 if self._closed:
                     return  # a worker killed at shutdown in the middle of a message
                 log.exception("a worker message could not be read")
