@@ -4,7 +4,8 @@
 
 One fleet of N instances (one per GPU) is started; one instance is measured directly on its port
 at concurrency C, then the fleet through nginx at C x N; for N = 4 the fleet is then reconciled to
-2 instances and measured at C x 2. The same recordings everywhere (repeated as needed).
+2 instances and measured at C x 2. The same recordings everywhere (repeated as needed); each
+measurement follows an uncounted warm-up of 2 x its concurrency requests.
 """
 
 from __future__ import annotations
@@ -76,32 +77,22 @@ def main(argv: list[str] | None = None) -> int:
         "per_instance_concurrency": c,
         "runs": [],
     }
+
+    def measure(config: str, instances: int, url: str) -> None:
+        users = c * instances
+        load.run(url, recordings[: 2 * users], [users], procs=args.procs)  # warm-up, not counted
+        measured = load.run(url, recordings, [users], procs=args.procs)
+        run = {"config": config, "instances": instances, **measured}
+        result["runs"].append(run)
+        print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
+
     try:
-        out = launcher("--instances", str(args.gpus), *common)
-        result["launcher_output"] = out
-        result["runs"].append(
-            {
-                "config": "1 instance (direct)",
-                "instances": 1,
-                **load.run("http://127.0.0.1:6006", recordings, [c], procs=args.procs),
-            }
-        )
-        result["runs"].append(
-            {
-                "config": f"fleet of {args.gpus} via nginx",
-                "instances": args.gpus,
-                **load.run("http://127.0.0.1:8000", recordings, [c * args.gpus], procs=args.procs),
-            }
-        )
+        result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
+        measure("1 instance (direct)", 1, "http://127.0.0.1:6006")
+        measure(f"fleet of {args.gpus} via nginx", args.gpus, "http://127.0.0.1:8000")
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
-            result["runs"].append(
-                {
-                    "config": "fleet of 2 via nginx",
-                    "instances": 2,
-                    **load.run("http://127.0.0.1:8000", recordings, [c * 2], procs=args.procs),
-                }
-            )
+            measure("fleet of 2 via nginx", 2, "http://127.0.0.1:8000")
     finally:
         subprocess.run([sys.executable, "launcher.py", "stop", "--run-dir", str(run_dir)], cwd=REPO)
         args.out.write_text(json.dumps(result, indent=2))

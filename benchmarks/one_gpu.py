@@ -242,10 +242,10 @@ def main(argv: list[str] | None = None) -> int:
         hardware=load.hardware(),
         model=f"Paraformer-large architecture ({args.size}), random weights",
         utterances={"files": len(utterances), "audio_s": round(total_s(utterances), 1)},
-        precision="fp16" if args.fp16 else "fp32",
+        dtype="fp16" if args.fp16 else "fp32",
         punctuation="none (both sides)",
     )
-    print(f"{result['model']} on {result['hardware']}, {result['precision']}", flush=True)
+    print(f"{result['model']} on {result['hardware']}, {result['dtype']}", flush=True)
     parts = args.parts.split(",")
     try:  # whatever was measured is written, also when the run is cut short (SIGTERM, an error)
         if "throughput" in parts:
@@ -253,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
             throughput(args, model, utterances, mixed, logs, result["throughput"])
             args.out.write_text(json.dumps(result, indent=2))
         if "precision" in parts:
-            result["precision"] = precision(args, model, utterances[: args.precision_files])
-            print("precision:", result["precision"], flush=True)
+            result["fp16_differences"] = precision(args, model, utterances[: args.precision_files])
+            print("fp16 differences:", result["fp16_differences"], flush=True)
             args.out.write_text(json.dumps(result, indent=2))
         if "long" in parts:
             result["long_recording"] = long_recording(args, model, logs, args.work)
