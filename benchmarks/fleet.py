@@ -23,6 +23,7 @@ from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
 
 REPO = Path(__file__).resolve().parents[1]
+BASE_PORT = 6006  # the launcher's default: instance i listens on BASE_PORT + i
 
 
 def launcher(*args: str) -> str:
@@ -31,6 +32,33 @@ def launcher(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"launcher {args[:1]} exited {result.returncode}")
     return result.stdout
+
+
+def engine_stats(instances: int) -> list[dict]:
+    """Each instance's scheduler counters (cumulative), from its readiness probe."""
+    import httpx
+
+    return [
+        httpx.get(f"http://127.0.0.1:{BASE_PORT + i}/readyz", timeout=10).json()["stats"]
+        for i in range(instances)
+    ]
+
+
+def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
+    """What each instance's GPU thread did during one measurement: batches, mean size, busy share."""
+    out = []
+    for b, a in zip(before, after, strict=True):
+        batches = a["batches"] - b["batches"]
+        segments = a["segments"] - b["segments"]
+        busy = a["gpu_busy_s"] - b["gpu_busy_s"]
+        out.append(
+            {
+                "batches": batches,
+                "mean_batch": round(segments / batches, 1) if batches else 0.0,
+                "gpu_thread_busy_share": round(busy / wall_s, 3) if wall_s else 0.0,
+            }
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,14 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     def measure(config: str, instances: int, url: str) -> None:
         users = c * instances
         load.run(url, recordings[: 2 * users], [users], procs=args.procs)  # warm-up, not counted
+        before = engine_stats(instances)
         measured = load.run(url, recordings, [users], procs=args.procs)
+        wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": instances, **measured}
+        run["engines"] = engine_deltas(before, engine_stats(instances), wall)
         result["runs"].append(run)
         print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
 
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
-        measure("1 instance (direct)", 1, "http://127.0.0.1:6006")
+        measure("1 instance (direct)", 1, f"http://127.0.0.1:{BASE_PORT}")
         measure(f"fleet of {args.gpus} via nginx", args.gpus, "http://127.0.0.1:8000")
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
