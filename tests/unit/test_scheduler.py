@@ -93,15 +93,3 @@ def test_a_failing_batch_fails_its_request_not_the_scheduler():
 
     got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), [(0, np.zeros((5, 4), np.float32))])
     assert not got and isinstance(errors[0], ValueError)
-
-
-def test_integrate_and_fire_is_bit_identical_to_funasrs():
-    import torch
-
-    from asrfleet.engines.funasr.recognize import FUNASR_CIF_WO_HIDDEN, integrate_and_fire
-
-    rng = np.random.default_rng(7)
-    for shape in ((1, 300), (5, 451), (16, 90), (40, 120), (0, 10)):
-        alphas = (rng.random(shape, dtype=np.float32) * 0.6).astype(np.float32)
-        theirs = FUNASR_CIF_WO_HIDDEN(torch.from_numpy(alphas.copy()), 1.0 - 1e-4).numpy()
-        assert np.array_equal(integrate_and_fire(alphas, 1.0 - 1e-4), theirs)
