@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,17 @@ def launcher(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"launcher {args[:1]} exited {result.returncode}")
     return result.stdout
+
+
+def confine_clients(count: int) -> str:
+    """Pin this process, and the client processes it starts from now on, to the last CPUs.
+
+    The fleet was started before, so it keeps all CPUs: the clients' own CPU use (on a real
+    deployment, other machines') stays off most of the cores that serve the fleet.
+    """
+    cpus = sorted(os.sched_getaffinity(0))[-count:]
+    os.sched_setaffinity(0, cpus)
+    return f"load generator on CPUs {cpus[0]}-{cpus[-1]} of {os.cpu_count()}; the fleet on all"
 
 
 def engine_stats(instances: int) -> list[dict]:
@@ -73,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", choices=("large", "tiny"), default="large")
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
+    p.add_argument(
+        "--client-cpus",
+        type=int,
+        default=0,
+        help="run the load generator on the host's last N CPUs only (0: anywhere)",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     exit_on_sigterm()
@@ -119,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
+        if args.client_cpus:
+            result["client_cpus"] = confine_clients(args.client_cpus)
         measure("1 instance (direct)", 1, f"http://127.0.0.1:{BASE_PORT}")
         measure(f"fleet of {args.gpus} via nginx", args.gpus, "http://127.0.0.1:8000")
         if args.gpus >= 4:
