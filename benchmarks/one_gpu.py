@@ -143,9 +143,22 @@ def long_recording(args, model: Path, logs: Path, work: Path) -> dict:
 
 def precision(args, model: Path, utterances: list[Recording]) -> dict:
     """fp16 against fp32 (ours), and ours in fp32 against FunASR's own pipeline, on the GPU."""
+    from funasr import AutoModel
+
     from asrfleet.config import InstanceConfig
     from asrfleet.engines.funasr.transcriber import FunasrTranscriber
 
+    # FunASR first: loading our engine replaces FunASR's integrate-and-fire loops in its modules.
+    device = "cuda:0" if args.device == "cuda" else "cpu"
+    reference = AutoModel(
+        model=str(model),
+        vad_model=str(args.vad_model),
+        device=device,
+        disable_update=True,
+        disable_pbar=True,
+        disable_log=True,
+    )
+    funasr_texts = [reference.generate(input=str(r.path), batch_size_s=300)[0]["text"] for r in utterances]
     texts = {}
     for fp16 in (False, True):
         config = InstanceConfig(
@@ -160,18 +173,6 @@ def precision(args, model: Path, utterances: list[Recording]) -> dict:
         transcriber.load()
         texts[fp16] = transcribe_all(transcriber, utterances)
         transcriber.close()
-    from funasr import AutoModel
-
-    device = "cuda:0" if args.device == "cuda" else "cpu"
-    reference = AutoModel(
-        model=str(model),
-        vad_model=str(args.vad_model),
-        device=device,
-        disable_update=True,
-        disable_pbar=True,
-        disable_log=True,
-    )
-    funasr_texts = [reference.generate(input=str(r.path), batch_size_s=300)[0]["text"] for r in utterances]
     return {
         "files": len(utterances),
         "fp16_vs_fp32": compare(texts[True], texts[False]),
