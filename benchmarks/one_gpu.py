@@ -148,7 +148,7 @@ def precision(args, model: Path, utterances: list[Recording]) -> dict:
     from asrfleet.config import InstanceConfig
     from asrfleet.engines.funasr.transcriber import FunasrTranscriber
 
-    # FunASR first: loading our engine replaces FunASR's integrate-and-fire loops in its modules.
+    # FunASR first: loading our engine puts its integrate-and-fire in FunASR's timestamp code.
     device = "cuda:0" if args.device == "cuda" else "cpu"
     reference = AutoModel(
         model=str(model),

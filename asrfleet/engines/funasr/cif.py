@@ -10,14 +10,15 @@ host. BiCifParaformer runs it twice: `cif` for the token embeddings (per batch: 
 Here the recurrence (which frames fire, and with what weights) runs on the host in float32, the same
 operations in the same order. The embeddings are then summed on the device one step per frame of
 the longest token rather than per frame of the segment, each token's terms added in FunASR's order.
-The results equal FunASR's exactly (tested against its own functions). `install()` puts these in
-place of FunASR's.
+The results equal FunASR's exactly (tested against its own functions). The recognizer calls `cif`
+itself; `install()` puts `cif_wo_hidden` in place of FunASR's, inside its timestamp code.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import funasr.utils.timestamp_tools as timestamp_tools
 import numpy as np
 import torch
 
@@ -174,21 +175,12 @@ def _sum_terms(flat: torch.Tensor, terms: _Terms) -> torch.Tensor:
 
 # -- putting them in place ------------------------------------------------------------------------
 
-_installed = False
+FUNASR_CIF_WO_HIDDEN = timestamp_tools.cif_wo_hidden  # FunASR's own, for tests
 
 
 def install() -> None:
-    """Replace FunASR's per-frame loops (module globals, looked up at call time) with these."""
-    global _installed
-    if _installed:
-        return
-    import funasr.models.bicif_paraformer.cif_predictor as bicif
-    import funasr.utils.timestamp_tools as timestamp_tools
+    """Our `cif_wo_hidden` in place of FunASR's, which its timestamp code looks up at call time.
 
-    FUNASR["cif"], FUNASR["cif_wo_hidden"] = bicif.cif, timestamp_tools.cif_wo_hidden
-    bicif.cif = cif
+    (`cif` needs no such patch: the recognizer calls it itself.)
+    """
     timestamp_tools.cif_wo_hidden = cif_wo_hidden
-    _installed = True
-
-
-FUNASR: dict[str, object] = {}  # FunASR's own functions, once replaced (for tests)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asrfleet.engines.funasr import cif
@@ -78,7 +79,7 @@ class Recognizer:
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
         encoder_out = encoder_out.float() * _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
-        embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
+        embeds, token_num = self._predict(encoder_out, encoder_lens)
         token_lens = token_num.round().long()
         if int(token_lens.max()) < 1:
             return [EMPTY] * len(feats)
@@ -92,6 +93,33 @@ class Recognizer:
             self._decode(i, tokens[i, : token_lens[i]].tolist(), encoder_lens, stamps)
             for i in range(len(feats))
         ]
+
+    def _predict(
+        self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings and counts: FunASR's `calc_predictor`, less what it computes for nothing.
+
+        BiCifParaformer's predictor (`CifPredictorV3.forward`) also runs its timestamp head, an
+        upsampling convolution and a BLSTM over three times the frames, and drops the result; the
+        timestamps come from `_timestamp_peaks`. Here the same steps without that head, and with
+        our integrate-and-fire (`cif.cif`, equal to FunASR's).
+        """
+        p = self.model.predictor
+        if not isinstance(p, CifPredictorV3):
+            embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
+            return embeds, token_num
+        mask = _frame_mask(encoder_lens, encoder_out.size(1))
+        output = torch.relu(p.cif_conv1d(p.pad(encoder_out.transpose(1, 2)))).transpose(1, 2)
+        alphas = torch.relu(torch.sigmoid(p.cif_output(output)) * p.smooth_factor - p.noise_threshold)
+        alphas = (alphas * mask[:, :, None]).squeeze(-1)
+        token_num = alphas.sum(-1)
+        hidden = encoder_out
+        if p.tail_threshold > 0.0:
+            hidden, alphas, token_num = p.tail_process_fn(encoder_out, alphas, token_num, mask=mask)
+        embeds, _ = cif.cif(hidden, alphas, p.threshold)
+        if p.tail_threshold > 0.0:
+            embeds = embeds[:, : int(token_num.max())]
+        return embeds, token_num
 
     def _pad(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [f.shape[0] for f in feats]
