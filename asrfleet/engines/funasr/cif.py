@@ -113,7 +113,7 @@ class _Terms:
 def _terms(firing: Firing) -> _Terms:
     """A row's first token sums frames 0..end; a later one starts with the rest of the previous
     token's firing frame, then frames prev+1..end (as FunASR's loop carries `remainds`)."""
-    batch, length = firing.fired.shape
+    length = firing.fired.shape[1]
     rows, ends = np.nonzero(firing.fired)  # row-major: by row, then by frame
     first = np.ones(rows.size, dtype=bool)
     first[1:] = rows[1:] != rows[:-1]
