@@ -10,11 +10,6 @@ import torch
 from asrfleet.engines.funasr import cif
 
 
-def funasr_own(name: str):
-    """FunASR's function, also when a Recognizer in this process has installed ours."""
-    return bicif.cif if name == "cif" else cif.FUNASR_CIF_WO_HIDDEN
-
-
 def speech_like_alphas(rng: np.random.Generator, rows: int, frames: int) -> np.ndarray:
     """Weights as the predictor makes them: mostly below 1, runs of zeros (silence), some over 1."""
     alphas = rng.random((rows, frames), dtype=np.float32) * np.float32(0.7)
@@ -30,7 +25,7 @@ def speech_like_alphas(rng: np.random.Generator, rows: int, frames: int) -> np.n
 @pytest.mark.parametrize("rows,frames", [(1, 300), (5, 451), (16, 90), (40, 120), (0, 10)])
 def test_integrate_and_fire_equals_funasrs_cif_wo_hidden(rows, frames):
     alphas = (np.random.default_rng(7).random((rows, frames), dtype=np.float32) * 0.6).astype(np.float32)
-    theirs = funasr_own("cif_wo_hidden")(torch.from_numpy(alphas.copy()), 1.0 - 1e-4).numpy()
+    theirs = cif.FUNASR_CIF_WO_HIDDEN(torch.from_numpy(alphas.copy()), 1.0 - 1e-4).numpy()
     assert np.array_equal(cif.integrate_and_fire(alphas, 1.0 - 1e-4), theirs)
 
 
@@ -40,7 +35,7 @@ def test_cif_equals_funasrs(rows, frames, seed):
     alphas = torch.from_numpy(speech_like_alphas(rng, rows, frames))
     hidden = torch.from_numpy(rng.standard_normal((rows, frames, 24), dtype=np.float32))
     embeds, fires = cif.cif(hidden, alphas, 1.0)
-    their_embeds, their_fires = funasr_own("cif")(hidden, alphas.clone(), 1.0)
+    their_embeds, their_fires = bicif.cif(hidden, alphas.clone(), 1.0)
     assert torch.equal(fires, their_fires)
     assert embeds.shape == their_embeds.shape
     assert torch.equal(embeds, their_embeds)
@@ -51,7 +46,7 @@ def test_cif_with_nothing_fired_gives_zeros_of_the_rounded_length():
     alphas = torch.full((2, 10), 0.06)  # sums to 0.6: rounds to one token, which never fires
     embeds, fires = cif.cif(torch.ones(2, 10, 4), alphas, 1.0)
     assert embeds.shape == (2, 1, 4) and not embeds.any()
-    assert torch.equal(fires, funasr_own("cif")(torch.ones(2, 10, 4), alphas, 1.0)[1])
+    assert torch.equal(fires, bicif.cif(torch.ones(2, 10, 4), alphas, 1.0)[1])
 
 
 def test_cif_sums_in_chunks_as_it_does_at_once(monkeypatch):
