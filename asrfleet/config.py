@@ -39,6 +39,7 @@ class InstanceConfig:
     model_cache: Path | None = None
     device: str = "auto"
     fp16: bool = False
+    no_cuda_graphs: bool = False  # every batch op by op (debugging; slower for short segments)
     gpu_memory_share: float = 0.5  # of the GPU memory free at startup, for batches
     batch_size_s: int = 300
     max_file_size: int = 1024**3
@@ -84,6 +85,7 @@ class InstanceConfig:
             model_cache=Path(args.model_cache) if args.model_cache else None,
             device=args.device,
             fp16=args.fp16,
+            no_cuda_graphs=args.no_cuda_graphs,
             gpu_memory_share=args.gpu_memory_share,
             batch_size_s=args.batch_size_s,
             max_file_size=parse_size(args.max_file_size),
@@ -156,6 +158,11 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model-cache", default=None, help="where hub downloads are kept")
     g.add_argument("--device", choices=DEVICES, default=d.device)
     g.add_argument("--fp16", action="store_true", help="half precision on the GPU")
+    g.add_argument(
+        "--no-cuda-graphs",
+        action="store_true",
+        help="run every GPU batch op by op instead of replaying CUDA graphs (paraformer; debugging)",
+    )
     g.add_argument(
         "--gpu-memory-share",
         type=float,

@@ -4,8 +4,11 @@
 
 One fleet of N instances (one per GPU) is started; one instance is measured directly on its port
 at concurrency C, then the fleet through nginx at C x N; for N = 4 the fleet is then reconciled to
-2 instances and measured at C x 2. The same recordings everywhere (repeated as needed); each
-measurement follows an uncounted warm-up of 2 x its concurrency requests.
+2 instances and measured at C x 2. The same recordings everywhere (repeated as needed). Before
+the first measurement every instance transcribes the distinct recordings once at concurrency C,
+so that each records the CUDA graphs of the batch shapes this workload meets (the first batch of
+a new shape records one, about 0.1 s), and each measurement follows an uncounted warm-up of 2 x
+its concurrency requests.
 """
 
 from __future__ import annotations
@@ -68,6 +71,9 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "batches": batches,
                 "mean_batch": round(segments / batches, 1) if batches else 0.0,
                 "gpu_thread_busy_share": round(busy / wall_s, 3) if wall_s else 0.0,
+                "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
+                "graphs_in_all": a.get("cuda_graphs", 0),
+                "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
             }
         )
     return out
@@ -96,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model = build_model(args.work, args.size)
-    recordings = collect([args.audio]) * args.repeat
+    distinct = collect([args.audio])
+    recordings = distinct * args.repeat
     run_dir = args.work / "fleet-run"
     common = [
         "--run-dir",
@@ -139,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
         if args.client_cpus:
             result["client_cpus"] = confine_clients(args.client_cpus)
+        for i in range(args.gpus):  # not counted: each instance records its graphs
+            load.run(f"http://127.0.0.1:{BASE_PORT + i}", distinct, [c], procs=args.procs)
         measure("1 instance (direct)", 1, f"http://127.0.0.1:{BASE_PORT}")
         measure(f"fleet of {args.gpus} via nginx", args.gpus, "http://127.0.0.1:8000")
         if args.gpus >= 4:

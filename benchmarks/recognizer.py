@@ -1,10 +1,12 @@
 """The GPU stage alone: how long one batched forward pass takes at each batch size.
 
-    python -m benchmarks.recognizer --work DIR [--fp16] [--profile 8]
+    python -m benchmarks.recognizer --work DIR [--fp16] [--graphs] [--profile 8]
 
 Random features of utterance length (about 4.5 s), the Paraformer built at its real size. Prints
-the time per batch and per segment for each batch size; with --profile B, torch.profiler's top
-operators at batch B (where the host's time goes when batches are small).
+the time per batch and per segment for each batch size; with --graphs, the same batches again
+with CUDA graphs (`asrfleet/engines/funasr/graphs.py`), the time their first pass took (it records
+the graphs) and how many segments got the same transcript both ways; with --profile B,
+torch.profiler's top operators at batch B (where the host's time goes when batches are small).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--batches", default="1,2,4,8,16,32,64")
     p.add_argument("--frames", type=int, default=75, help="encoder frames per segment (75: 4.5 s)")
+    p.add_argument("--graphs", action="store_true", help="also with CUDA graphs, and compare")
     p.add_argument("--profile", type=int, default=0, help="profile this batch size")
     args = p.parse_args(argv)
 
@@ -49,18 +52,26 @@ def main(argv: list[str] | None = None) -> int:
             torch.cuda.synchronize()
 
     recognizer(feats(4))
+    graphed = None
+    if args.graphs:
+        graphed = Recognizer(model, kwargs["tokenizer"], device, fp16=args.fp16)
+        graphed.use_graphs(capture=device != "cpu")  # on the CPU: the bucketed code, eagerly
     print(f"{device} {torch.cuda.get_device_name(0) if device != 'cpu' else ''} fp16={args.fp16}")
     for batch in [int(b) for b in args.batches.split(",")]:
         runs = [feats(batch) for _ in range(5)]
-        recognizer(runs[0])
-        sync()
-        started = time.perf_counter()
-        for run in runs:
-            recognizer(run)
-        sync()
-        per_batch = (time.perf_counter() - started) / len(runs)
-        ms = per_batch * 1000
-        print(f"batch {batch:>3}: {ms:7.1f} ms a batch, {ms / batch:6.2f} ms a segment", flush=True)
+        line = f"batch {batch:>3}:"
+        eager_texts = None
+        for name, rec in (("eager", recognizer), ("graphs", graphed)):
+            if rec is None:
+                continue
+            first, texts = timed(rec, runs, sync)  # the first pass loads kernels, records graphs
+            ms = timed(rec, runs, sync)[0] * 1000
+            line += f"  {name} {ms:7.1f} ms a batch, {ms / batch:6.2f} ms a segment"
+            if name == "graphs":
+                same = sum(a == b for a, b in zip(eager_texts, texts, strict=True))
+                line += f" (first pass {first * 1000:.0f} ms; same text {same}/{len(texts)})"
+            eager_texts = texts
+        print(line, flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
@@ -71,6 +82,15 @@ def main(argv: list[str] | None = None) -> int:
             sync()
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=40, max_name_column_width=60))
     return 0
+
+
+def timed(recognize, runs: list, sync) -> tuple[float, list[str]]:
+    """Seconds per batch over `runs`, and the texts."""
+    sync()
+    started = time.perf_counter()
+    texts = [r.text for run in runs for r in recognize(run)]
+    sync()
+    return (time.perf_counter() - started) / len(runs), texts
 
 
 if __name__ == "__main__":

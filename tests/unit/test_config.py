@@ -20,6 +20,7 @@ def test_argv_round_trip():
         punc_model=None,
         device="cpu",
         fp16=True,
+        no_cuda_graphs=True,
         batch_size_s=120,
         max_file_size=2**20,
         max_duration_s=60.0,

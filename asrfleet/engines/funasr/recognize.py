@@ -10,7 +10,8 @@ of different lengths share a batch:
 With both, batching changes no transcript (tested against `AutoModel.generate`).
 
 FunASR's integrate-and-fire loops (token embeddings, timestamps) launch kernels per frame; `cif.py`
-replaces them with exact equivalents that do not.
+replaces them with exact equivalents that do not. On a GPU, the encoder and decoder replay CUDA
+graphs (`graphs.py`) once `use_graphs()` is called.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from asrfleet.engines.funasr import cif
+from asrfleet.engines.funasr import cif, graphs
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,29 @@ class Recognizer:
         self.device = torch.device(device)
         self.fp16 = fp16 and self.device.type == "cuda"
         self.timestamps = hasattr(model, "calc_predictor_timestamp")
+        self.graphs: graphs.GraphedModel | None = None
         cif.install()
+
+    def use_graphs(self, max_frames: int = graphs.MAX_GRAPH_FRAMES, capture: bool = True) -> bool:
+        """Run the encoder and decoder as CUDA graphs from now on, where the model allows.
+
+        `capture=False` runs the same bucketed code eagerly (tests on the CPU). False when the
+        model is not one `graphs.py` knows.
+        """
+        if not graphs.supports(self.model):
+            log.warning("CUDA graphs: %s is not supported; running eagerly", type(self.model).__name__)
+            return False
+        self.graphs = graphs.GraphedModel(self.model, self.device, self._dense, max_frames, capture)
+        return True
 
     @contextmanager
     def _dense(self) -> Iterator[None]:
         """How the encoder and decoder run: where the time goes.
 
-        fp16 autocast when asked. Half weights do not work (FunASR's decoder mixes float32 masks
-        into its convolutions), and the CIF predictor runs outside: its integrate-and-fire sums
-        and thresholds need float32.
+        fp16 autocast when asked, without its cache of half weights (CUDA graphs cannot hold
+        it, and each weight is used once per batch anyway). Half weights do not work (FunASR's
+        decoder mixes float32 masks into its convolutions), and the CIF predictor runs outside:
+        its integrate-and-fire sums and thresholds need float32.
 
         cuDNN off. SANM's FSMN memory blocks are depthwise 1-D convolutions (66 of them), and
         the input length changes with every batch: cuDNN plans each new shape on the host, about
@@ -66,33 +81,56 @@ class Recognizer:
         needs no plan. The timestamp head's LSTM keeps cuDNN.
         """
         with (
-            torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16),
+            torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16, cache_enabled=False),
             torch.backends.cudnn.flags(enabled=False),
         ):
             yield
 
     @torch.inference_mode()
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
+        encoder_out, encoder_lens = self._encode(feats)
+        embeds, token_num = self._predict(encoder_out, encoder_lens)
+        token_lens = token_num.round().long()
+        # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
+        host_token_lens = token_lens.cpu()
+        if int(host_token_lens.max()) < 1:
+            return [EMPTY] * len(feats)
+        tokens = self._best_tokens(encoder_out, encoder_lens, embeds, token_lens, host_token_lens)
+        stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
+        host_encoder_lens = encoder_lens.cpu()
+        return [
+            self._decode(i, tokens[i, : host_token_lens[i]].tolist(), host_encoder_lens, stamps)
+            for i in range(len(feats))
+        ]
+
+    def _encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder output (B, T, D) float32 with padded frames zero, and its lengths."""
+        encoded = self.graphs.encode(feats) if self.graphs is not None else None
+        if encoded is not None:
+            return encoded
         speech, lengths = self._pad(feats)
         with self._dense():
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
-        encoder_out = encoder_out.float() * _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
-        embeds, token_num = self._predict(encoder_out, encoder_lens)
-        token_lens = token_num.round().long()
-        if int(token_lens.max()) < 1:
-            return [EMPTY] * len(feats)
+        return encoder_out.float() * _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None], encoder_lens
+
+    def _best_tokens(
+        self,
+        encoder_out: torch.Tensor,
+        encoder_lens: torch.Tensor,
+        embeds: torch.Tensor,
+        token_lens: torch.Tensor,
+        host_token_lens: torch.Tensor,
+    ) -> torch.Tensor:
+        """The decoder's best token at each position (B, L), on the host."""
+        if self.graphs is not None:
+            tokens = self.graphs.decode(encoder_out, encoder_lens.tolist(), embeds, host_token_lens.tolist())
+            if tokens is not None:
+                return tokens
         with self._dense():
             scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, token_lens)
-        tokens = scores.argmax(dim=-1).cpu()
-        stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
-        # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
-        encoder_lens, token_lens = encoder_lens.cpu(), token_lens.cpu()
-        return [
-            self._decode(i, tokens[i, : token_lens[i]].tolist(), encoder_lens, stamps)
-            for i in range(len(feats))
-        ]
+        return scores.argmax(dim=-1).cpu()
 
     def _predict(
         self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor

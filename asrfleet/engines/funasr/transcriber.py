@@ -23,6 +23,7 @@ from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_threads
+from asrfleet.engines.funasr.graphs import MAX_GRAPH_FRAMES
 from asrfleet.engines.funasr.pool import Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
 from asrfleet.engines.funasr.punctuate import Punctuator
@@ -64,6 +65,7 @@ class FunasrTranscriber:
         self._admission = Admission(config.max_queue)
         self._pool: PreparePool | None = None
         self._scheduler: BatchScheduler | None = None
+        self._recognizer: Recognizer | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
         self._punctuator = Punctuator()
 
@@ -89,6 +91,10 @@ class FunasrTranscriber:
             )
             self._punctuator = Punctuator(punc_model, punc_kwargs)
         budget = measure_budget(recognizer, cfg.batch_size_s, self.device, cfg.gpu_memory_share)
+        if self.device.startswith("cuda") and not cfg.no_cuda_graphs:
+            # After the budget: graphs are recorded at batch shapes within it.
+            recognizer.use_graphs(max_frames=min(MAX_GRAPH_FRAMES, budget.max_frames))
+        self._recognizer = recognizer
         self._scheduler = BatchScheduler(recognizer, budget, self._on_results, self._on_batch_error)
         self._warm_up(recognizer)
         self._scheduler.start()
@@ -236,6 +242,10 @@ class FunasrTranscriber:
                 batch_budget_frames=self._scheduler.budget.max_frames,
                 oom_splits=s.oom_splits,
             )
+        graphs = self._recognizer.graphs if self._recognizer is not None else None
+        if graphs is not None:
+            g = graphs.stats
+            out.update(cuda_graphs=len(graphs), graph_replays=g.replayed, eager_batches=g.eager)
         out.update(gpu_memory(self.device))
         return out
 

@@ -1,0 +1,285 @@
+"""CUDA graphs for the encoder and the decoder: a batch is a few launches, not thousands.
+
+A batch of short segments costs an H200 a few milliseconds of arithmetic, but eager PyTorch spends
+about 70 ms of host time launching the encoder's and decoder's ~3 000 kernels one by one, so the
+engine's GPU thread, not the GPU, bounds an instance (`benchmarks/results/recognizer_h200.txt`).
+A CUDA graph records those launches once and replays them with one call.
+
+A graph replays fixed shapes at fixed addresses, so:
+  * batches are padded up to bucket shapes (segments, frames, tokens). Padding changes no result:
+    padded frames and tokens are masked in attention and in the FSMN memory blocks, exactly as
+    FunASR masks a shorter segment in a batch, and padded rows are dropped;
+  * inputs and outputs live in `Slots`, flat buffers that every graph shares (each uses a prefix,
+    viewed in its shape). One thread runs the model, so two graphs never run at once;
+  * a bucket is recorded the first time a batch needs it. All graphs share one memory pool, so
+    together they hold about what the largest holds, not the sum.
+Batches over `max_frames` padded frames run eagerly: there the GPU is the bound, not the host.
+
+With `capture` off, `GraphedModel` runs the same padded code eagerly: tests on the CPU check that
+padding to buckets changes no transcript.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+# Padded frames per batch up to which batches run as graphs (8192 encoder frames: 490 s of audio).
+MAX_GRAPH_FRAMES = 8192
+# (up to this length, round up to a multiple of this step): finer where segments are common.
+# Coarse enough that a workload meets few shapes (each is recorded once, ~0.1 s), fine enough that
+# padding wastes little; segments over 512 frames (30 s) run eagerly, so long recordings'
+# batches (segments up to 60 s) cost no graph memory.
+FRAME_STEPS = ((64, 16), (256, 32), (512, 64))
+TOKEN_STEPS = ((128, 16), (1024, 32))
+ITEM_BUCKETS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+Dense = Callable[[], AbstractContextManager[None]]
+
+
+def round_up(n: int, steps: tuple[tuple[int, int], ...]) -> int | None:
+    """`n` rounded up to its bucket; None past the last one."""
+    for limit, step in steps:
+        if n <= limit:
+            return -(-n // step) * step
+    return None
+
+
+def items_bucket(n: int) -> int | None:
+    return next((b for b in ITEM_BUCKETS if b >= n), None)
+
+
+def supports(model: torch.nn.Module) -> bool:
+    """Whether `model` is built the way `encode_masked` and `decode_tokens` assume.
+
+    They repeat `SANMEncoder.forward` and `ParaformerSANMDecoder.forward` with the masks given,
+    because those build their masks from lengths on the host (a GPU sync, which a graph cannot
+    hold). Any other architecture runs eagerly.
+    """
+    from funasr.models.transformer.embedding import SinusoidalPositionEncoder
+
+    encoder = getattr(model, "encoder", None)
+    decoder = getattr(model, "decoder", None)
+    return (
+        type(encoder).__name__ == "SANMEncoder"
+        and type(decoder).__name__ == "ParaformerSANMDecoder"
+        and getattr(model, "normalize", None) is None
+        and not encoder.interctc_layer_idx
+        and encoder.normalize_before
+        and (encoder.embed is None or isinstance(encoder.embed, SinusoidalPositionEncoder))
+        and decoder.normalize_before
+        and decoder.output_layer is not None
+    )
+
+
+def encode_masked(model: torch.nn.Module, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`SANMEncoder.forward` given its mask (B, 1, T), then padded frames zeroed as `Recognizer` does."""
+    encoder = model.encoder
+    x = feats * encoder.output_size() ** 0.5
+    if encoder.embed is not None:
+        x = encoder.embed(x)
+    x, frames = encoder.encoders0(x, mask)[:2]
+    x, frames = encoder.encoders(x, frames)[:2]
+    x = encoder.after_norm(x)
+    return x.float() * mask.transpose(1, 2)
+
+
+def decode_tokens(
+    model: torch.nn.Module,
+    memory: torch.Tensor,
+    memory_mask: torch.Tensor,
+    embeds: torch.Tensor,
+    tgt_mask: torch.Tensor,
+) -> torch.Tensor:
+    """`ParaformerSANMDecoder.forward` given its masks, then `cal_decoder_with_predictor`'s
+    log-softmax and the best token at each position."""
+    decoder = model.decoder
+    args = (embeds, tgt_mask, memory, memory_mask)
+    args = decoder.decoders(*args)[:4]
+    if decoder.decoders2 is not None:
+        args = decoder.decoders2(*args)[:4]
+    x = decoder.decoders3(*args)[0]
+    logits = decoder.output_layer(decoder.after_norm(x))
+    return torch.log_softmax(logits, dim=-1).argmax(dim=-1)
+
+
+class Slots:
+    """Flat buffers whose prefixes every graph reads and writes: one address per slot for any shape."""
+
+    def __init__(self, device: torch.device, sizes: dict[str, tuple[int, torch.dtype]]) -> None:
+        self._flat = {name: torch.zeros(n, dtype=dtype, device=device) for name, (n, dtype) in sizes.items()}
+
+    def view(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        return self._flat[name][: math.prod(shape)].view(shape)
+
+    def fill(self, name: str, values: torch.Tensor | np.ndarray) -> None:
+        """Copy `values` into the slot, in their shape."""
+        if isinstance(values, np.ndarray):
+            values = torch.from_numpy(values)
+        self.view(name, tuple(values.shape)).copy_(values)
+
+    def fill_padded(self, name: str, shape: tuple[int, ...], values: torch.Tensor) -> None:
+        """The slot in `shape`, zeros, with `values` in its leading corner."""
+        view = self.view(name, shape)
+        view.zero_()
+        view[tuple(slice(0, n) for n in values.shape)].copy_(values)
+
+
+@dataclass
+class GraphStats:
+    replayed: int = 0
+    eager: int = 0  # batches too large for a graph, run op by op
+
+
+class GraphedModel:
+    """The encoder and decoder of one Paraformer at bucketed shapes, as CUDA graphs."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: torch.device,
+        dense: Dense,
+        max_frames: int = MAX_GRAPH_FRAMES,
+        capture: bool = True,
+    ) -> None:
+        self.model = model
+        self.device = device
+        self.dense = dense  # the autocast and backend settings the model runs under
+        self.max_frames = max_frames
+        self.capture = capture
+        self.stats = GraphStats()
+        self._graphs: dict[tuple[int, ...], torch.cuda.CUDAGraph] = {}
+        self._pool = torch.cuda.graph_pool_handle() if capture else None
+        self._slots: Slots | None = None
+        self._width = model.encoder.output_size()
+
+    def __len__(self) -> int:
+        """Graphs recorded so far."""
+        return len(self._graphs)
+
+    def slots(self) -> Slots:
+        """Made at the first batch, inside the caller's inference mode, like everything they meet."""
+        if self._slots is None:
+            n, d = self.max_frames, self._width
+            self._slots = Slots(
+                self.device,
+                {
+                    "feats": (n * 560, torch.float32),
+                    "frame_mask": (n, torch.bool),
+                    "encoded": (n * d, torch.float32),
+                    "memory": (n * d, torch.float32),
+                    "memory_mask": (n, torch.float32),
+                    "embeds": (n * d, torch.float32),
+                    "token_mask": (n, torch.float32),
+                    "tokens": (n, torch.int64),
+                },
+            )
+        return self._slots
+
+    def encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Encoder output (B, T, D) float32 with padded frames zero, and lengths; None: run eagerly."""
+        lengths = [f.shape[0] for f in feats]
+        shape = self._shape(len(feats), max(lengths))
+        if shape is None or feats[0].shape[1] != 560:
+            self.stats.eager += 1
+            return None
+        b, t = shape
+        batch = np.zeros((b, t, 560), dtype=np.float32)
+        for i, f in enumerate(feats):
+            batch[i, : f.shape[0]] = f
+        slots = self.slots()
+        slots.fill("feats", batch)
+        slots.fill("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
+
+        def run() -> None:
+            inputs = slots.view("feats", (b, t, 560)), slots.view("frame_mask", (b, 1, t))
+            slots.view("encoded", (b, t, self._width)).copy_(encode_masked(self.model, *inputs))
+
+        self._run(("encode", b, t), run)
+        out = slots.view("encoded", (b, t, self._width))[: len(feats), : max(lengths)].clone()
+        return out, torch.tensor(lengths, dtype=torch.int64, device=self.device)
+
+    def decode(
+        self, memory: torch.Tensor, memory_lens: list[int], embeds: torch.Tensor, token_lens: list[int]
+    ) -> torch.Tensor | None:
+        """The best token at each position (B, L) on the host; None: run eagerly."""
+        count, frames, tokens = memory.size(0), memory.size(1), max(embeds.size(1), max(token_lens))
+        shape = self._shape(count, frames)
+        t_len = round_up(tokens, TOKEN_STEPS)
+        if shape is None or t_len is None or shape[0] * t_len > self.max_frames:
+            return None
+        b, t = shape
+        slots = self.slots()
+        slots.fill_padded("memory", (b, t, self._width), memory)
+        slots.fill_padded("embeds", (b, t_len, self._width), embeds)
+        slots.fill("memory_mask", _mask(_pad_rows(memory_lens, b), t, np.float32)[:, None, :])
+        slots.fill("token_mask", _mask(_pad_rows(token_lens, b), t_len, np.float32)[:, :, None])
+
+        def run() -> None:
+            out = decode_tokens(
+                self.model,
+                slots.view("memory", (b, t, self._width)),
+                slots.view("memory_mask", (b, 1, t)),
+                slots.view("embeds", (b, t_len, self._width)),
+                slots.view("token_mask", (b, t_len, 1)),
+            )
+            slots.view("tokens", (b, t_len)).copy_(out)
+
+        self._run(("decode", b, t, t_len), run)
+        return slots.view("tokens", (b, t_len))[:count, : embeds.size(1)].cpu()
+
+    def _shape(self, count: int, frames: int) -> tuple[int, int] | None:
+        b, t = items_bucket(count), round_up(frames, FRAME_STEPS)
+        if b is None or t is None or b * t > self.max_frames:
+            return None
+        return b, t
+
+    def _run(self, key: tuple[int, ...], run: Callable[[], None]) -> None:
+        if not self.capture:
+            with self.dense():
+                run()
+            return
+        graph = self._graphs.get(key)
+        if graph is None:
+            try:
+                graph = self._graphs[key] = self._record(run)
+            except RuntimeError as err:  # the batch still runs; a failed capture must not fail it
+                log.warning("CUDA graphs off: recording %s failed (%s); running eagerly", key, err)
+                self.capture = False
+                torch.cuda.synchronize(self.device)
+                self._run(key, run)
+                return
+            log.info("recorded a CUDA graph for %s (%d so far)", key, len(self._graphs))
+        graph.replay()
+        self.stats.replayed += 1
+
+    def _record(self, run: Callable[[], None]) -> torch.cuda.CUDAGraph:
+        # One eager run on a side stream first, as PyTorch advises: lazy initialisation (cuBLAS
+        # workspaces, kernel loading) must not happen inside the capture.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with self.dense(), torch.cuda.stream(side):
+            run()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads (punctuation) may use the GPU while this one records.
+        with self.dense(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            run()
+        return graph
+
+
+def _pad_rows(lengths: list[int], rows: int) -> list[int]:
+    """Lengths of the padded batch: a padding row gets one frame, so no softmax sees only masks."""
+    return list(lengths) + [1] * (rows - len(lengths))
+
+
+def _mask(lengths: list[int], width: int, dtype: type = np.bool_) -> np.ndarray:
+    return (np.arange(width)[None, :] < np.asarray(lengths)[:, None]).astype(dtype)

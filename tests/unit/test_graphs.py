@@ -1,0 +1,85 @@
+"""The bucketed encoder/decoder path that CUDA graphs replay, run eagerly on the CPU.
+
+Graphs themselves need a GPU (`python -m benchmarks.recognizer --graphs` compares them with the
+eager path there); what can go wrong on any machine is the padding to bucket shapes, and that
+must change no transcript.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from asrfleet.engines.funasr import graphs
+from asrfleet.engines.funasr.recognize import Recognizer
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(model_dirs):
+    from funasr import AutoModel
+
+    model, kwargs = AutoModel.build_model(
+        model=str(model_dirs["asr"]), device="cpu", disable_update=True, disable_log=True
+    )
+    return model, kwargs["tokenizer"]
+
+
+def batches(seed: int = 1) -> list[list[np.ndarray]]:
+    """Batches of 1 to 13 segments of 5 to 300 encoder frames (0.3 to 18 s)."""
+    rng = np.random.default_rng(seed)
+    return [
+        [rng.standard_normal((int(n), 560), dtype=np.float32) for n in rng.integers(5, 300, size)]
+        for size in (1, 2, 3, 5, 7, 13)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("n", "bucket"), [(1, 16), (16, 16), (17, 32), (65, 96), (75, 96), (128, 128), (129, 160), (257, 320)]
+)
+def test_frames_round_up_to_their_bucket(n, bucket):
+    assert graphs.round_up(n, graphs.FRAME_STEPS) == bucket
+
+
+def test_past_the_last_bucket_there_is_none():
+    assert graphs.round_up(513, graphs.FRAME_STEPS) is None
+    assert graphs.items_bucket(3) == 4 and graphs.items_bucket(5) == 6
+    assert graphs.items_bucket(513) is None
+
+
+def test_fill_padded_zeroes_around_the_values():
+    slots = graphs.Slots(torch.device("cpu"), {"x": (12, torch.float32)})
+    slots.fill("x", np.full((3, 4), 7.0, dtype=np.float32))
+    slots.fill_padded("x", (2, 3), torch.ones(1, 2))
+    assert slots.view("x", (2, 3)).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_the_test_model_is_supported_and_others_are_not(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    assert graphs.supports(model)
+    assert not graphs.supports(torch.nn.Linear(2, 2))
+
+
+def test_padding_to_buckets_changes_no_transcript(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    eager = Recognizer(model, tokenizer, "cpu")
+    bucketed = Recognizer(model, tokenizer, "cpu")
+    assert bucketed.use_graphs(capture=False)
+    segments = 0
+    for feats in batches():
+        expected = eager(feats)
+        assert bucketed(feats) == expected
+        segments += len(feats)
+    assert segments == 31 and any(r.text for r in expected)
+    assert bucketed.graphs.stats.eager == 0  # every batch took the bucketed path
+
+
+def test_batches_over_the_frame_limit_run_eagerly(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    eager = Recognizer(model, tokenizer, "cpu")
+    bucketed = Recognizer(model, tokenizer, "cpu")
+    bucketed.use_graphs(max_frames=256, capture=False)
+    small, large = batches(seed=2)[1], batches(seed=2)[4]  # 2 and 7 segments
+    assert bucketed(small[:1]) == eager(small[:1])
+    assert bucketed(large) == eager(large)
+    assert bucketed.graphs.stats.eager == 1
