@@ -4,11 +4,12 @@
 
 One fleet of N instances (one per GPU) is started; one instance is measured directly on its port
 at concurrency C, then the fleet through nginx at C x N; for N = 4 the fleet is then reconciled to
-2 instances and measured at C x 2. The same recordings everywhere (repeated as needed). Before
-the first measurement every instance transcribes the distinct recordings once at concurrency C,
-so that each records the CUDA graphs of the batch shapes this workload meets (the first batch of
-a new shape records one, about 0.1 s), and each measurement follows an uncounted warm-up of 2 x
-its concurrency requests.
+2 instances and measured at C x 2, then to 1 and measured through nginx at C (what the nginx hop
+costs). The same recordings everywhere (repeated as needed). Before the first measurement every
+instance transcribes the distinct recordings at concurrency C until a pass records no new CUDA
+graph (the first batch of a new shape records one, about 0.1 s; the measurements are of the
+steady state), and each measurement follows an uncounted warm-up of 2 x its concurrency requests.
+Each measurement also reports the CPU seconds of every role (`benchmarks/cpu.py`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks import load
+from benchmarks import cpu, load
 from benchmarks.one_gpu import build_model
 from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
@@ -79,6 +80,22 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
     return out
 
 
+def warm_up(url: str, recordings: list, concurrency: int, procs: int, passes: int = 5) -> int:
+    """Transcribe `recordings` until a pass records no new graph; the graphs recorded."""
+    import httpx
+
+    def graphs() -> int:
+        return httpx.get(url + "/readyz", timeout=10).json()["stats"].get("cuda_graphs", 0)
+
+    first = graphs()
+    for _ in range(passes):
+        before = graphs()
+        load.run(url, recordings, [concurrency], procs=procs)
+        if graphs() == before:
+            break
+    return graphs() - first
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fleet")
     p.add_argument("--audio", type=Path, required=True)
@@ -124,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--fp16")
     c = args.per_instance_concurrency
     result = {
-        "hardware": load.hardware(),
+        "hardware": {**load.hardware(), "topology": cpu.topology()},
         "files": len(recordings),
         "audio_s": round(total_s(recordings), 1),
         "per_instance_concurrency": c,
@@ -134,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     def measure(config: str, instances: int, url: str) -> None:
         users = c * instances
         load.run(url, recordings[: 2 * users], [users], procs=args.procs)  # warm-up, not counted
-        before = engine_stats(instances)
+        before, cpu_before = engine_stats(instances), cpu.snapshot()
         measured = load.run(url, recordings, [users], procs=args.procs)
+        cpu_used = cpu.used(cpu_before, cpu.snapshot())
         wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": instances, **measured}
         run["engines"] = engine_deltas(before, engine_stats(instances), wall)
+        run["cpu_s"] = cpu_used
+        roles = {role: s for role, s in cpu_used.items() if role != "host_busy_share"}
+        run["cpu_ms_per_request"] = {role: round(1000 * s / len(recordings), 1) for role, s in roles.items()}
         result["runs"].append(run)
         print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
 
@@ -146,13 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
         if args.client_cpus:
             result["client_cpus"] = confine_clients(args.client_cpus)
-        for i in range(args.gpus):  # not counted: each instance records its graphs
-            load.run(f"http://127.0.0.1:{BASE_PORT + i}", distinct, [c], procs=args.procs)
+        result["warm_up_graphs"] = [
+            warm_up(f"http://127.0.0.1:{BASE_PORT + i}", distinct, c, args.procs) for i in range(args.gpus)
+        ]
         measure("1 instance (direct)", 1, f"http://127.0.0.1:{BASE_PORT}")
         measure(f"fleet of {args.gpus} via nginx", args.gpus, "http://127.0.0.1:8000")
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
             measure("fleet of 2 via nginx", 2, "http://127.0.0.1:8000")
+        if args.gpus >= 2:
+            launcher("--instances", "1", *common)
+            measure("1 instance via nginx", 1, "http://127.0.0.1:8000")
     finally:
         subprocess.run([sys.executable, "launcher.py", "stop", "--run-dir", str(run_dir)], cwd=REPO)
         args.out.write_text(json.dumps(result, indent=2))
@@ -160,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in result["runs"]:
         rtfx = run["levels"][0]["rtfx"]
         print(f"{run['config']:<24} {rtfx:>9.1f}x real time  {rtfx / single:5.2f}x one instance", flush=True)
+        busy = run["cpu_s"]["host_busy_share"]
+        print(f"    CPU ms a request: {run['cpu_ms_per_request']}; host CPUs busy {busy:.0%}", flush=True)
     return 0
 
 

@@ -80,16 +80,29 @@ def supports(model: torch.nn.Module) -> bool:
     )
 
 
-def encode_masked(model: torch.nn.Module, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """`SANMEncoder.forward` given its mask (B, 1, T), then padded frames zeroed as `Recognizer` does."""
+def encode_masked(
+    model: torch.nn.Module, feats: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """`SANMEncoder.forward` given its mask (B, 1, T) and its position encoding (1, T, D), then
+    padded frames zeroed as `Recognizer` does. (FunASR's position encoder copies a constant from
+    the host at every call, which a graph cannot hold: `position_encoding` makes it beforehand.)"""
     encoder = model.encoder
     x = feats * encoder.output_size() ** 0.5
-    if encoder.embed is not None:
-        x = encoder.embed(x)
+    if positions is not None:
+        x = x + positions
     x, frames = encoder.encoders0(x, mask)[:2]
     x, frames = encoder.encoders(x, frames)[:2]
     x = encoder.after_norm(x)
     return x.float() * mask.transpose(1, 2)
+
+
+def position_encoding(model: torch.nn.Module, frames: int, device: torch.device) -> torch.Tensor | None:
+    """What `SinusoidalPositionEncoder.forward` adds to float32 features of `frames` frames."""
+    embed = model.encoder.embed
+    if embed is None:
+        return None
+    positions = torch.arange(1, frames + 1, device=device)[None, :]
+    return embed.encode(positions, 560, torch.float32).to(device)
 
 
 def decode_tokens(
@@ -159,6 +172,7 @@ class GraphedModel:
         self._graphs: dict[tuple[int, ...], torch.cuda.CUDAGraph] = {}
         self._pool = torch.cuda.graph_pool_handle() if capture else None
         self._slots: Slots | None = None
+        self._positions: dict[int, torch.Tensor | None] = {}  # by frames; graphs hold their address
         self._width = model.encoder.output_size()
 
     def __len__(self) -> int:
@@ -198,10 +212,14 @@ class GraphedModel:
         slots = self.slots()
         slots.fill("feats", batch)
         slots.fill("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
+        if t not in self._positions:
+            with self.dense():
+                self._positions[t] = position_encoding(self.model, t, self.device)
 
         def run() -> None:
             inputs = slots.view("feats", (b, t, 560)), slots.view("frame_mask", (b, 1, t))
-            slots.view("encoded", (b, t, self._width)).copy_(encode_masked(self.model, *inputs))
+            encoded = encode_masked(self.model, *inputs, self._positions[t])
+            slots.view("encoded", (b, t, self._width)).copy_(encoded)
 
         self._run(("encode", b, t), run)
         out = slots.view("encoded", (b, t, self._width))[: len(feats), : max(lengths)].clone()

@@ -1,0 +1,113 @@
+"""Where the host's CPU time goes during a measurement, by role (Linux /proc).
+
+    before = cpu.snapshot(); ...; used = cpu.used(before, cpu.snapshot())
+
+Roles follow the process tree: an instance's web server (`python -m instances`), its engine
+process (the web server's child), the engine's audio workers (its children), nginx, supervisord,
+and the load generator (this process and the client processes it started and reaped). Also the
+host's busy share over the interval, from /proc/stat.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    at: float
+    by_pid: dict[int, tuple[str, float]]  # pid -> (role, CPU seconds so far)
+    load_generator: float  # this process and its reaped children
+    host_busy: float  # busy jiffies
+    host_total: float
+
+
+def _processes() -> dict[int, tuple[int, str, float]]:
+    """pid -> (parent pid, command line, CPU seconds)."""
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        out[int(name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
+    return out
+
+
+def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
+    roles: dict[int, str] = {}
+    for pid, (_, cmdline, _) in procs.items():
+        if "-m instances" in cmdline:
+            roles[pid] = "web"
+        elif cmdline.startswith("nginx"):
+            roles[pid] = "nginx"
+        elif "supervisord" in cmdline:
+            roles[pid] = "supervisord"
+    below = {"web": "engine", "engine": "workers"}
+    for _ in range(2):  # engines are children of web servers, workers of engines
+        for pid, (parent, _, _) in procs.items():
+            if pid not in roles and roles.get(parent) in below:
+                roles[pid] = below[roles[parent]]
+    return roles
+
+
+def _host() -> tuple[float, float]:
+    with open("/proc/stat", encoding="utf-8") as f:
+        values = [float(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values) - idle, sum(values)
+
+
+def snapshot() -> Snapshot:
+    procs = _processes()
+    roles = _roles(procs)
+    mine = os.times()
+    busy, total = _host()
+    return Snapshot(
+        at=time.monotonic(),
+        by_pid={pid: (role, procs[pid][2]) for pid, role in roles.items()},
+        load_generator=mine.user + mine.system + mine.children_user + mine.children_system,
+        host_busy=busy,
+        host_total=total,
+    )
+
+
+def used(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """CPU seconds by role between two snapshots, and the host's busy share (all CPUs)."""
+    out: dict[str, float] = {}
+    for pid, (role, seconds) in after.by_pid.items():
+        start = before.by_pid.get(pid, (role, 0.0))[1]
+        out[role] = out.get(role, 0.0) + seconds - start
+    out = {role: round(s, 1) for role, s in sorted(out.items())}
+    out["load generator"] = round(after.load_generator - before.load_generator, 1)
+    total = after.host_total - before.host_total
+    out["host_busy_share"] = round((after.host_busy - before.host_busy) / total, 3) if total else 0.0
+    return out
+
+
+def topology() -> str:
+    """Logical CPUs, physical cores and sockets, from /proc/cpuinfo."""
+    cores, sockets, logical = set(), set(), 0
+    socket = core = ""
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            key, value = key.strip(), value.strip()
+            if key == "processor":
+                logical += 1
+            elif key == "physical id":
+                socket = value
+                sockets.add(value)
+            elif key == "core id":
+                core = value
+                cores.add((socket, core))
+    return f"{logical} logical CPUs, {len(cores)} physical cores, {len(sockets)} sockets"
