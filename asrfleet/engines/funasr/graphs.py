@@ -32,8 +32,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# Padded frames per batch up to which batches run as graphs (8192 encoder frames: 490 s of audio).
-MAX_GRAPH_FRAMES = 8192
+# Padded frames per batch up to which batches run as graphs (4096 encoder frames: 245 s of audio;
+# beyond, the GPU's work outweighs the launches). It bounds the memory that graphs hold.
+MAX_GRAPH_FRAMES = 4096
 # (up to this length, round up to a multiple of this step): finer where segments are common.
 # Coarse enough that a workload meets few shapes (each is recorded once, ~0.1 s), fine enough that
 # padding wastes little; segments over 512 frames (30 s) run eagerly, so long recordings'
