@@ -149,8 +149,8 @@ class Slots:
 
 @dataclass
 class GraphStats:
-    replayed: int = 0
-    eager: int = 0  # batches too large for a graph, run op by op
+    replayed: int = 0  # graphs replayed: the encoder's and the decoder's, so about two a batch
+    eager: int = 0  # batches whose encoder ran op by op: too large for a graph
 
 
 class GraphedModel:
@@ -176,7 +176,8 @@ class GraphedModel:
         self._positions: dict[int, torch.Tensor | None] = {}  # by frames; graphs hold their address
         self._width = model.encoder.output_size()
 
-    def __len__(self) -> int:
+    @property
+    def recorded(self) -> int:
         """Graphs recorded so far."""
         return len(self._graphs)
 
