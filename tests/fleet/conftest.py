@@ -5,13 +5,17 @@ from __future__ import annotations
 import pytest
 from fleetctl import launcher, teardown
 
-from procs import free_port
+from procs import free_ports
 
 
 @pytest.fixture(scope="session")
 def fleet(paraformer_args, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("fleet") / "run"
-    lb_port, base_port = free_port(), free_port()
+    # Instances take base_port, base_port + 1, and + 2 when a test grows the fleet to three.
+    lb_port = free_ports(1)
+    base_port = free_ports(3)
+    while lb_port in range(base_port, base_port + 3):
+        lb_port = free_ports(1)
     args = [
         "--instances",
         "2",
