@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import cpu, load
-from benchmarks.one_gpu import build_model
+from benchmarks.one_gpu import build_model, load_stats
 from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
 
@@ -55,12 +55,7 @@ def confine_clients(count: int) -> str:
 
 def engine_stats(instances: int) -> list[dict]:
     """Each instance's scheduler counters (cumulative), from its readiness probe."""
-    import httpx
-
-    return [
-        httpx.get(f"http://127.0.0.1:{BASE_PORT + i}/readyz", timeout=10).json()["stats"]
-        for i in range(instances)
-    ]
+    return [load_stats(f"http://127.0.0.1:{BASE_PORT + i}") for i in range(instances)]
 
 
 def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
@@ -85,10 +80,9 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
 
 def warm_up(url: str, recordings: list, concurrency: int, procs: int, passes: int = 5) -> int:
     """Transcribe `recordings` until a pass records no new graph; the graphs recorded."""
-    import httpx
 
     def graphs() -> int:
-        return httpx.get(url + "/readyz", timeout=10).json()["stats"].get("cuda_graphs", 0)
+        return load_stats(url).get("cuda_graphs", 0)
 
     first = graphs()
     for _ in range(passes):

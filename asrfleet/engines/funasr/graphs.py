@@ -208,11 +208,8 @@ class GraphedModel:
             self.stats.eager += 1
             return None
         b, t = shape
-        batch = np.zeros((b, t, 560), dtype=np.float32)
-        for i, f in enumerate(feats):
-            batch[i, : f.shape[0]] = f
         slots = self.slots()
-        slots.fill("feats", batch)
+        slots.fill("feats", pad_features(feats, b, t))
         slots.fill("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
         if t not in self._positions:
             with self.dense():
@@ -294,6 +291,14 @@ class GraphedModel:
         with self.dense(), torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             run()
         return graph
+
+
+def pad_features(feats: list[np.ndarray], rows: int, frames: int) -> np.ndarray:
+    """The segments' features in one zero-padded (rows, frames, width) array."""
+    batch = np.zeros((rows, frames, feats[0].shape[1]), dtype=np.float32)
+    for i, f in enumerate(feats):
+        batch[i, : f.shape[0]] = f
+    return batch
 
 
 def _pad_rows(lengths: list[int], rows: int) -> list[int]:

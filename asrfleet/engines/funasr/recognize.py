@@ -161,9 +161,7 @@ class Recognizer:
 
     def _pad(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [f.shape[0] for f in feats]
-        batch = np.zeros((len(feats), max(lengths), feats[0].shape[1]), dtype=np.float32)
-        for i, f in enumerate(feats):
-            batch[i, : f.shape[0]] = f
+        batch = graphs.pad_features(feats, len(feats), max(lengths))
         speech = torch.from_numpy(batch).to(self.device, non_blocking=True)
         return speech, torch.tensor(lengths, dtype=torch.int32, device=self.device)
 
