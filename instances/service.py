@@ -1,7 +1,9 @@
 """What the UI and the APIs share: safe paths in, transcripts out.
 
-The engine's blocking `transcribe()` runs in worker threads (many at once: the engine batches
-them), so the event loop stays free to answer health probes during the longest transcription.
+Transcriptions never block the event loop, which stays free to answer health probes during the
+longest one: an engine in its own process (the default) is awaited through the future its pipe
+reader sets; an engine in the web process runs `transcribe()` in worker threads (many at once:
+the engine batches them).
 """
 
 from __future__ import annotations
@@ -73,15 +75,21 @@ class TranscriptionService:
         """
         self._in_use[path] += 1
         try:
-            return await anyio.to_thread.run_sync(
-                self.transcriber.transcribe, path, options, limiter=self._limiter
-            )
+            return await self._transcribe(path, options)
         finally:
             self._in_use[path] -= 1
             if not shared:
                 self._reap(path)
             else:
                 asyncio.get_running_loop().call_later(UPLOAD_GRACE_S, self._reap, path)
+
+    async def _transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
+        submit = getattr(self.transcriber, "submit", None)
+        if submit is not None:  # an engine process answers through a future: no thread waits
+            return await asyncio.wrap_future(submit(path, options))
+        return await anyio.to_thread.run_sync(
+            self.transcriber.transcribe, path, options, limiter=self._limiter
+        )
 
     def _reap(self, path: Path) -> None:
         if self._in_use[path] > 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 
@@ -44,3 +45,39 @@ def set_threads(requested: int, device: str) -> int:
     torch.set_num_threads(threads)
     log.info("torch uses %d CPU threads on %s", threads, device)
     return threads
+
+
+_CU_CTX_SCHED_SPIN = 0x01
+_CU_CTX_SCHED_BLOCKING_SYNC = 0x04
+
+
+def set_gpu_wait(mode: str, device: str) -> bool:
+    """How this process waits for its GPU (each `.cpu()` of a result waits): sleep or spin.
+
+    CUDA's default spins: the thread that waits keeps one CPU core polling for as long as the GPU
+    works. An engine waits for most of every batch, and with four instances on a host those four
+    polling cores slow the instances' web servers and audio workers (cores share clocks and, on
+    most cloud VMs, a physical core). "block" makes the waits sleep until the GPU signals.
+
+    Set on the device's primary context through the driver API (PyTorch has no call for it);
+    CUDA allows changing the scheduling flags while the context is active. False where there is
+    no GPU or no driver, or the driver refused.
+    """
+    if not device.startswith("cuda"):
+        return False
+    flags = _CU_CTX_SCHED_BLOCKING_SYNC if mode == "block" else _CU_CTX_SCHED_SPIN
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    index = int(device.partition(":")[2] or 0)
+    handle = ctypes.c_int()
+    set_flags = getattr(cuda, "cuDevicePrimaryCtxSetFlags_v2", None) or cuda.cuDevicePrimaryCtxSetFlags
+    ok = (
+        cuda.cuInit(0) == 0
+        and cuda.cuDeviceGet(ctypes.byref(handle), index) == 0
+        and set_flags(handle, flags) == 0
+    )
+    if not ok:
+        log.warning("could not set how the engine waits for the GPU (%s); CUDA's default applies", mode)
+    return ok

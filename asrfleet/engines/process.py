@@ -100,7 +100,14 @@ class EngineProcess:
         return self._ready.is_set()
 
     def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
-        return self._call("transcribe", str(path), options).result()
+        return self.submit(path, options).result()
+
+    def submit(self, path: Path, options: TranscribeOptions) -> Future:
+        """Start a transcription; a future of its `Transcript`, set by the pipe's reader thread.
+
+        The web app awaits it (`asyncio.wrap_future`) instead of parking a thread per request.
+        """
+        return self._call("transcribe", str(path), options)
 
     def stats(self) -> dict[str, object]:
         try:
@@ -164,8 +171,8 @@ class EngineProcess:
                 _, call_id, outcome = self._conn.recv()
                 with self._lock:
                     future = self._calls.pop(call_id, None)
-                if future is None:
-                    continue
+                if future is None or not future.set_running_or_notify_cancel():
+                    continue  # unknown, or cancelled by a client that went away
                 if isinstance(outcome, BaseException):
                     future.set_exception(outcome)
                 else:
@@ -183,7 +190,7 @@ class EngineProcess:
         with self._lock:
             calls, self._calls = self._calls, {}
         for future in calls.values():
-            if not future.done():
+            if future.set_running_or_notify_cancel():
                 future.set_exception(error)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
-from asrfleet.engines.device import available_cpus, pick_device
+from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait
 from asrfleet.errors import NoSpeech
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Sentence, Transcript
@@ -43,6 +43,7 @@ class WhisperTranscriber:
         model_dir = resolve(ModelRequest(cfg.model, "whisper", "--model"), cfg.hub, cfg.model_cache)
         self.device = pick_device(cfg.device)
         on_gpu = self.device.startswith("cuda")
+        set_gpu_wait(cfg.gpu_wait, self.device)
         self._model = WhisperModel(
             str(model_dir),
             device="cuda" if on_gpu else "cpu",

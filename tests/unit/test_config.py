@@ -21,6 +21,7 @@ def test_argv_round_trip():
         device="cpu",
         fp16=True,
         no_cuda_graphs=True,
+        gpu_wait="spin",
         batch_size_s=120,
         max_file_size=2**20,
         max_duration_s=60.0,
@@ -47,3 +48,8 @@ def test_whisper_takes_no_vad_or_punc():
 def test_bad_arguments(argv):
     with pytest.raises((SystemExit, ValueError)):
         InstanceConfig.from_argv(argv)
+
+
+def test_gpu_wait_is_checked():
+    with pytest.raises(ValueError, match="GPU wait"):
+        InstanceConfig(gpu_wait="poll")

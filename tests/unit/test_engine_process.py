@@ -58,6 +58,14 @@ def test_requests_run_together(engine):
     assert [r.text for r in results] == ["heard meet-6.wav"] * 6
 
 
+def test_a_cancelled_call_leaves_the_others_and_the_pipe_alone(engine):
+    """The web app awaits `submit()`'s future; a client that goes away cancels it."""
+    futures = [engine.submit(Path("/uploads/meet-3.wav"), TranscribeOptions()) for _ in range(3)]
+    assert futures[0].cancel()
+    assert [f.result(timeout=30).text for f in futures[1:]] == ["heard meet-3.wav"] * 2
+    assert call(engine, "ok").text == "heard ok.wav"  # the reader thread survived the cancelled answer
+
+
 def test_load_failure_is_reported():
     engine = EngineProcess(CONFIG.replace(model=FAIL_TO_LOAD), ENGINE)
     with pytest.raises(NotReady):

@@ -22,7 +22,7 @@ import numpy as np
 from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
-from asrfleet.engines.device import available_cpus, pick_device, set_threads
+from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait, set_threads
 from asrfleet.engines.funasr.graphs import MAX_GRAPH_FRAMES
 from asrfleet.engines.funasr.pool import Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
@@ -78,6 +78,7 @@ class FunasrTranscriber:
         asr_dir, vad_dir, punc_dir = self._model_dirs()
         self.device = pick_device(cfg.device)
         threads = set_threads(cfg.threads, self.device)
+        set_gpu_wait(cfg.gpu_wait, self.device)
         # The GPU thread shares the GIL with the web server and the worker-result reader; it
         # gives the GIL up at every CUDA sync, and by default waits 5 ms to get it back.
         sys.setswitchinterval(0.0005)
