@@ -61,6 +61,11 @@ def instance_url(i: int) -> str:
     return f"http://127.0.0.1:{BASE_PORT + i}"
 
 
+def instance_stats(members: list[int]) -> list[dict]:
+    """Each instance's engine counters (cumulative), from its readiness probe."""
+    return [load_stats(instance_url(i)) for i in members]
+
+
 def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
     """What each instance's GPU thread did during one measurement: batches, mean size, busy share."""
     out = []
@@ -86,7 +91,7 @@ def warm_up(members: list[int], recordings: list, concurrency: int, procs: int, 
     CUDA graph anywhere (at most 5 passes); the graphs each instance recorded."""
 
     def graphs() -> list[int]:
-        return [load_stats(instance_url(i)).get("cuda_graphs", 0) for i in members]
+        return [stats.get("cuda_graphs", 0) for stats in instance_stats(members)]
 
     first = graphs()
     for _ in range(5):
@@ -98,9 +103,8 @@ def warm_up(members: list[int], recordings: list, concurrency: int, procs: int, 
 
 
 def summarise(result: dict) -> None:
-    """One instance's throughput is the mean of every instance measured alone: on a shared host
-    they differ (by 30 % in session 5, from where the scheduler put their processes), and
-    a fleet is the sum of its instances."""
+    """One instance's throughput (the mean of every instance alone; see above) and each run's
+    ratio to it."""
     alone = [r["levels"][0]["rtfx"] for r in result["runs"] if r["config"].endswith("alone (direct)")]
     single = sum(alone) / len(alone) if alone else 0.0
     if single <= 0:
@@ -174,12 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         users = c * len(members)
         load.run(url, recordings[: 2 * users], [users], api=args.api, procs=args.procs)  # warm-up
         workload = recordings * len(members)
-        before, cpu_before = [load_stats(instance_url(i)) for i in members], cpu.snapshot()
+        before, cpu_before = instance_stats(members), cpu.snapshot()
         measured = load.run(url, workload, [users], api=args.api, procs=args.procs)
         cpu_used = cpu.used(cpu_before, cpu.snapshot())
         wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": len(members), **measured}
-        run["engines"] = engine_deltas(before, [load_stats(instance_url(i)) for i in members], wall)
+        run["engines"] = engine_deltas(before, instance_stats(members), wall)
         run["cpu_s"] = cpu_used
         roles = {role: s for role, s in cpu_used.items() if role != "host_busy_share"}
         run["cpu_ms_per_request"] = {role: round(1000 * s / len(workload), 1) for role, s in roles.items()}
@@ -207,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "launcher.py", "stop", "--run-dir", str(run_dir)], cwd=REPO)
         summarise(result)
         args.out.write_text(json.dumps(result, indent=2))
+    if "one_instance_rtfx" not in result:
+        print("no instance transcribed anything alone: see the errors in the runs", flush=True)
+        return 1
     print(f"one instance: {result['one_instance_rtfx']}x real time (mean of {args.gpus} alone)", flush=True)
     for run in result["runs"]:
         rtfx = run["levels"][0]["rtfx"]
