@@ -5,7 +5,7 @@
 Random features of utterance length (about 4.5 s), the Paraformer built at its real size. Prints
 the time per batch and per segment for each batch size; with --graphs, the same batches again
 with CUDA graphs (`asrfleet/engines/funasr/graphs.py`), the time their first pass took (it records
-the graphs) and how many segments got the same transcript both ways; with --profile B,
+the graphs) and how many segments got the same transcript, and timestamps, both ways; with --profile B,
 torch.profiler's top operators at batch B (where the host's time goes when batches are small).
 """
 
@@ -60,17 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     for batch in [int(b) for b in args.batches.split(",")]:
         runs = [feats(batch) for _ in range(5)]
         line = f"batch {batch:>3}:"
-        eager_texts = None
+        eager_results = None
         for name, rec in (("eager", recognizer), ("graphs", graphed)):
             if rec is None:
                 continue
-            first, texts = timed(rec, runs, sync)  # the first pass loads kernels, records graphs
+            first, results = timed(rec, runs, sync)  # the first pass loads kernels, records graphs
             ms = timed(rec, runs, sync)[0] * 1000
             line += f"  {name} {ms:7.1f} ms a batch, {ms / batch:6.2f} ms a segment"
             if name == "graphs":
-                same = sum(a == b for a, b in zip(eager_texts, texts, strict=True))
-                line += f" (first pass {first * 1000:.0f} ms; same text {same}/{len(texts)})"
-            eager_texts = texts
+                pairs = list(zip(eager_results, results, strict=True))
+                text = sum(a.text == b.text for a, b in pairs)
+                stamps = sum(a.timestamps == b.timestamps for a, b in pairs if a.text == b.text)
+                line += (
+                    f" (first pass {first * 1000:.0f} ms; same text {text}/{len(pairs)},"
+                    f" and of those same timestamps {stamps}/{text})"
+                )
+            eager_results = results
         print(line, flush=True)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -84,13 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def timed(recognize, runs: list, sync) -> tuple[float, list[str]]:
-    """Seconds per batch over `runs`, and the texts."""
+def timed(recognize, runs: list, sync) -> tuple[float, list]:
+    """Seconds per batch over `runs`, and the results (text and timestamps) of every segment."""
     sync()
     started = time.perf_counter()
-    texts = [r.text for run in runs for r in recognize(run)]
+    results = [r for run in runs for r in recognize(run)]
     sync()
-    return (time.perf_counter() - started) / len(runs), texts
+    return (time.perf_counter() - started) / len(runs), results
 
 
 if __name__ == "__main__":

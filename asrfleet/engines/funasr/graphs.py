@@ -15,6 +15,10 @@ A graph replays fixed shapes at fixed addresses, so:
     together they hold about what the largest holds, not the sum.
 Batches over `max_frames` padded frames run eagerly: there the GPU is the bound, not the host.
 
+The encoder's graph also holds BiCifParaformer's timestamp head (an upsampling convolution and a
+bidirectional LSTM over three times the frames). Eagerly, cuDNN launches two kernels per step and
+direction, about 1 000 for a 4-second batch: 10 ms of host time, as much as the rest together.
+
 With `capture` off, `GraphedModel` runs the same padded code eagerly: tests on the CPU check that
 padding to buckets changes no transcript.
 """
@@ -29,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +154,13 @@ class Slots:
 
 
 @dataclass
+class Encoded:
+    out: torch.Tensor  # (B, T, D) float32, padded frames zero
+    lengths: torch.Tensor  # (B,) on the device
+    timestamp_alphas: torch.Tensor | None  # (B, T x upsample) unscaled; None: no timestamp head
+
+
+@dataclass
 class GraphStats:
     replayed: int = 0  # graphs replayed: the encoder's and the decoder's, so about two a batch
     eager: int = 0  # batches whose encoder ran op by op: too large for a graph
@@ -175,6 +188,8 @@ class GraphedModel:
         self._slots: Slots | None = None
         self._positions: dict[int, torch.Tensor | None] = {}  # by frames; graphs hold their address
         self._width = model.encoder.output_size()
+        self._timestamps = has_timestamp_head(model)
+        self._upsample = model.predictor.upsample_times if self._timestamps else 1
 
     @property
     def recorded(self) -> int:
@@ -196,12 +211,13 @@ class GraphedModel:
                     "embeds": (n * d, torch.float32),
                     "token_mask": (n, torch.float32),
                     "tokens": (n, torch.int64),
+                    "timestamp_alphas": (n * self._upsample, torch.float32),
                 },
             )
         return self._slots
 
-    def encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Encoder output (B, T, D) float32 with padded frames zero, and lengths; None: run eagerly."""
+    def encode(self, feats: list[np.ndarray]) -> Encoded | None:
+        """The encoder's output and the timestamp head's weights; None: run eagerly."""
         lengths = [f.shape[0] for f in feats]
         shape = self._shape(len(feats), max(lengths))
         if shape is None or feats[0].shape[1] != 560:
@@ -214,15 +230,26 @@ class GraphedModel:
         if t not in self._positions:
             with self.dense():
                 self._positions[t] = position_encoding(self.model, t, self.device)
+        up = t * self._upsample
 
         def run() -> None:
-            inputs = slots.view("feats", (b, t, 560)), slots.view("frame_mask", (b, 1, t))
-            encoded = encode_masked(self.model, *inputs, self._positions[t])
+            mask = slots.view("frame_mask", (b, 1, t))
+            encoded = encode_masked(self.model, slots.view("feats", (b, t, 560)), mask, self._positions[t])
             slots.view("encoded", (b, t, self._width)).copy_(encoded)
+            if self._timestamps:
+                # as eagerly: float32, and cuDNN for the LSTM (`Recognizer._dense` has it off)
+                with torch.autocast("cuda", enabled=False), torch.backends.cudnn.flags(enabled=True):
+                    up_lens = mask.sum(dim=(1, 2)) * self._upsample
+                    alphas = timestamp_alphas(self.model, encoded, up_lens, packed=False)
+                slots.view("timestamp_alphas", (b, up)).copy_(alphas)
 
         self._run(("encode", b, t), run)
-        out = slots.view("encoded", (b, t, self._width))[: len(feats), : max(lengths)].clone()
-        return out, torch.tensor(lengths, dtype=torch.int64, device=self.device)
+        n, longest = len(feats), max(lengths)
+        out = slots.view("encoded", (b, t, self._width))[:n, :longest].clone()
+        alphas = None
+        if self._timestamps:
+            alphas = slots.view("timestamp_alphas", (b, up))[:n, : longest * self._upsample].clone()
+        return Encoded(out, torch.tensor(lengths, dtype=torch.int64, device=self.device), alphas)
 
     def decode(
         self, memory: torch.Tensor, memory_lens: list[int], embeds: torch.Tensor, token_lens: list[int]

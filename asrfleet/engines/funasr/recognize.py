@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from asrfleet.engines.funasr import cif, graphs
+from asrfleet.engines.funasr.timestamps import timestamp_alphas
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Recognizer:
 
     @torch.inference_mode()
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
-        encoder_out, encoder_lens = self._encode(feats)
+        encoder_out, encoder_lens, timestamp_alphas = self._encode(feats)
         embeds, token_num = self._predict(encoder_out, encoder_lens)
         token_lens = token_num.round().long()
         # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
@@ -96,24 +96,28 @@ class Recognizer:
         if int(host_token_lens.max()) < 1:
             return [EMPTY] * len(feats)
         tokens = self._best_tokens(encoder_out, encoder_lens, embeds, token_lens, host_token_lens)
-        stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens) if self.timestamps else None
+        stamps = None
+        if self.timestamps:
+            stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens, timestamp_alphas)
         host_encoder_lens = encoder_lens.cpu()
         return [
             self._decode(i, tokens[i, : host_token_lens[i]].tolist(), host_encoder_lens, stamps)
             for i in range(len(feats))
         ]
 
-    def _encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Encoder output (B, T, D) float32 with padded frames zero, and its lengths."""
+    def _encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and the timestamp
+        head's weights when the graph computed them."""
         encoded = self.graphs.encode(feats) if self.graphs is not None else None
         if encoded is not None:
-            return encoded
+            return encoded.out, encoded.lengths, encoded.timestamp_alphas
         speech, lengths = self._pad(feats)
         with self._dense():
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
-        return encoder_out.float() * _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None], encoder_lens
+        mask = _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
+        return encoder_out.float() * mask, encoder_lens, None
 
     def _best_tokens(
         self,
@@ -166,22 +170,20 @@ class Recognizer:
         return speech, torch.tensor(lengths, dtype=torch.int32, device=self.device)
 
     def _timestamp_peaks(
-        self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor, token_lens: torch.Tensor
+        self,
+        encoder_out: torch.Tensor,
+        encoder_lens: torch.Tensor,
+        token_lens: torch.Tensor,
+        alphas: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """BiCifParaformer's upsampled alphas and CIF peaks, with the BLSTM on packed sequences."""
+        """BiCifParaformer's upsampled alphas, scaled to the predicted token count, and CIF peaks.
+
+        `alphas`: the head's weights where the encoder's graph computed them; else they are
+        computed here, as FunASR does, with the BLSTM on packed sequences.
+        """
         p = self.model.predictor
-        upsampled = p.upsample_cnn(encoder_out.transpose(1, 2)).transpose(1, 2)
-        up_lens = encoder_lens * p.upsample_times
-        if p.upsample_type == "cnn_blstm":
-            packed = pack_padded_sequence(upsampled, up_lens.cpu(), batch_first=True, enforce_sorted=False)
-            upsampled, _ = pad_packed_sequence(
-                p.blstm(packed)[0], batch_first=True, total_length=upsampled.size(1)
-            )
-        elif p.upsample_type != "cnn":
-            raise NotImplementedError(f"timestamp head {p.upsample_type!r}")
-        alphas = torch.sigmoid(p.cif_output2(upsampled)).squeeze(-1)
-        alphas = torch.relu(alphas * p.smooth_factor2 - p.noise_threshold2)
-        alphas = alphas * _frame_mask(up_lens, alphas.size(1))
+        if alphas is None:
+            alphas = timestamp_alphas(self.model, encoder_out, encoder_lens * p.upsample_times)
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
         alphas = alphas.float().cpu()
         peaks = torch.from_numpy(cif.integrate_and_fire(alphas.numpy(), p.threshold - 1e-4))
