@@ -2,10 +2,12 @@
 
     before = cpu.snapshot(); ...; used = cpu.used(before, cpu.snapshot())
 
-Roles follow the process tree: an instance's web server (`python -m instances`), its engine
-process (the web server's child), the engine's audio workers (its children), nginx, supervisord,
-and the load generator (this process and the client processes it started and reaped). Also the
-host's busy share over the interval, from /proc/stat.
+Also, by role, how long its threads waited for a CPU while ready to run (the scheduler's run
+queue, /proc/PID/task/TID/schedstat): CPU seconds say how much work a role did, the wait says
+whether the host kept it from doing more. Roles follow the process tree: an instance's web
+server (`python -m instances`), its engine process (the web server's child), the engine's audio
+workers (its children), nginx, supervisord, and the load generator (this process and the client
+processes it started and reaped). Also the host's busy share over the interval, from /proc/stat.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 class Snapshot:
     at: float
     by_pid: dict[int, tuple[str, float]]  # pid -> (role, CPU seconds so far)
+    waits: dict[int, tuple[float, float]]  # pid -> (main thread's, all threads') run-queue seconds
     load_generator: float  # this process and its reaped children
     host_busy: float  # busy jiffies
     host_total: float
@@ -41,6 +44,25 @@ def _processes() -> dict[int, tuple[int, str, float]]:
             continue
         out[int(name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
     return out
+
+
+def _run_queue_waits(pid: int) -> tuple[float, float]:
+    """Seconds the main thread, and all threads together, waited for a CPU while runnable."""
+    main = total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0, 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat", encoding="utf-8") as f:
+                waited = int(f.read().split()[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            continue
+        total += waited
+        if tid == str(pid):
+            main = waited
+    return main, total
 
 
 def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
@@ -75,6 +97,7 @@ def snapshot() -> Snapshot:
     return Snapshot(
         at=time.monotonic(),
         by_pid={pid: (role, procs[pid][2]) for pid, role in roles.items()},
+        waits={pid: _run_queue_waits(pid) for pid in roles},
         load_generator=mine.user + mine.system + mine.children_user + mine.children_system,
         host_busy=busy,
         host_total=total,
@@ -92,6 +115,19 @@ def used(before: Snapshot, after: Snapshot) -> dict[str, float]:
     total = after.host_total - before.host_total
     out["host_busy_share"] = round((after.host_busy - before.host_busy) / total, 3) if total else 0.0
     return out
+
+
+def waited(before: Snapshot, after: Snapshot) -> dict[str, float]:
+    """Run-queue seconds by role between two snapshots, all threads; and, as "web main thread",
+    the web servers' event-loop threads alone (one per instance, summed)."""
+    out: dict[str, float] = {}
+    for pid, (role, _) in after.by_pid.items():
+        main, total = after.waits.get(pid, (0.0, 0.0))
+        main0, total0 = before.waits.get(pid, (0.0, 0.0))
+        out[role] = out.get(role, 0.0) + total - total0
+        if role == "web":
+            out["web main thread"] = out.get("web main thread", 0.0) + main - main0
+    return {role: round(s, 2) for role, s in sorted(out.items())}
 
 
 def topology() -> str:

@@ -180,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         workload = recordings * len(members)
         before, cpu_before = instance_stats(members), cpu.snapshot()
         measured = load.run(url, workload, [users], api=args.api, procs=args.procs)
-        cpu_used = cpu.used(cpu_before, cpu.snapshot())
+        cpu_after = cpu.snapshot()
+        cpu_used = cpu.used(cpu_before, cpu_after)
         wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": len(members), **measured}
         run["engines"] = engine_deltas(before, instance_stats(members), wall)
         run["cpu_s"] = cpu_used
+        run["run_queue_wait_s"] = cpu.waited(cpu_before, cpu_after)
         roles = {role: s for role, s in cpu_used.items() if role != "host_busy_share"}
         run["cpu_ms_per_request"] = {role: round(1000 * s / len(workload), 1) for role, s in roles.items()}
         result["runs"].append(run)
@@ -220,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run['config']:<28} {rtfx:>9.1f}x real time  {run['vs_one_instance']:5.2f}x one instance")
         busy = run["cpu_s"]["host_busy_share"]
         print(f"    CPU ms a request: {run['cpu_ms_per_request']}; host CPUs busy {busy:.0%}", flush=True)
+        print(f"    waited for a CPU (s): {run['run_queue_wait_s']}", flush=True)
     return 0
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import gradio as gr
-from gradio.components.dataframe import DataframeData
 
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.errors import AsrError, user_message
@@ -39,7 +38,7 @@ def build_ui(service: TranscriptionService, downloads: Downloads) -> gr.Blocks:
             with gr.Column(scale=3):
                 text = gr.Textbox(label="Transcript", lines=10, buttons=["copy"], elem_id="transcript")
                 links = gr.HTML(elem_id="downloads")
-        sentences = SentenceTable(
+        sentences = gr.Dataframe(
             headers=["start", "end", "sentence"], label="Sentences", wrap=True, elem_id="sentences"
         )
         details = gr.JSON(label="Details", visible=False)
@@ -61,20 +60,6 @@ def build_ui(service: TranscriptionService, downloads: Downloads) -> gr.Blocks:
         )
     demo.queue(max_size=service.config.max_queue, default_concurrency_limit=service.config.max_queue)
     return demo
-
-
-class SentenceTable(gr.Dataframe):
-    """A `gr.Dataframe` (same page, same API) for the rows this app builds: lists of strings.
-
-    Gradio's own postprocessing probes every value for pandas and polars types, and asks
-    `importlib.util.find_spec("polars")` three times per event: a scan of sys.path under the
-    import lock, which held up the web process's event loop (py-spy on an H200 host, session 6).
-    """
-
-    is_template = True  # the browser renders it as the Dataframe it is
-
-    def postprocess(self, value: list[list[str]] | None) -> DataframeData:
-        return DataframeData(headers=list(self.headers), data=value or [])
 
 
 async def _run(service: TranscriptionService, recording: str, words: str | None) -> Transcript:

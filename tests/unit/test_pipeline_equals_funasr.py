@@ -93,6 +93,17 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
         assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
 
 
+def test_audio_workers_yield_the_cpu_to_the_rest(ours):
+    """Workers run below the process that serves requests and drives the GPU."""
+    import os
+
+    from asrfleet.engines.funasr.pool import WORKER_NICENESS
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    pids = ours._pool.pids()
+    assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == mine + WORKER_NICENESS for pid in pids)
+
+
 def test_without_punctuation(model_dirs, vad_dir, recordings):
     from funasr import AutoModel
 

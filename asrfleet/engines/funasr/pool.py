@@ -47,6 +47,9 @@ class Retrying:
 Message = Segmented | Features | Failed | Retrying
 
 
+WORKER_NICENESS = 5
+
+
 def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
     """Entry point of a worker process: load once, then prepare files until told to stop."""
     logging.basicConfig(level=logging.WARNING, format=f"[prepare-{worker_id}] %(levelname)s %(message)s")
@@ -54,6 +57,9 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
     # group (supervisord's stopasgroup) must not kill them under a request that is finishing.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Below the web server and the GPU thread: where CPUs are short (a fleet on one host), a burst
+    # of decoding must not keep them waiting, since they serve every request already prepared.
+    os.nice(WORKER_NICENESS)
     parent = os.getppid()
     preparer = Preparer(settings)
     results.put(("ready", worker_id, None, None))
@@ -112,6 +118,9 @@ class PreparePool:
             self._spawn()
         threading.Thread(target=self._read_results, name="prepare-results", daemon=True).start()
         threading.Thread(target=self._watch_workers, name="prepare-watch", daemon=True).start()
+
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs.values() if proc.pid is not None]
 
     def wait_ready(self, timeout: float = _READY_TIMEOUT_S) -> None:
         for _ in range(self.size):
