@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from benchmarks.cpu import Snapshot, waited
 from benchmarks.fleet import summarise
 from benchmarks.host_cpus import speeds
 
@@ -34,3 +35,15 @@ def test_a_run_where_everything_failed_has_no_ratios():
 def test_host_cpu_probe_counts_in_every_process():
     rates = speeds(2, 0.2)
     assert len(rates) == 2 and all(r > 0 for r in rates)
+
+
+def _snapshot(waits: dict[int, tuple[float, float]]) -> Snapshot:
+    roles = {1: "web", 2: "engine", 3: "web", 4: "workers"}
+    return Snapshot(0.0, {pid: (roles[pid], 0.0) for pid in waits}, waits, 0.0, 0.0, 1.0)
+
+
+def test_run_queue_waits_add_up_by_role_and_keep_the_event_loops_apart():
+    before = _snapshot({1: (1.0, 2.0), 2: (0.0, 0.5), 3: (0.5, 0.5)})
+    # pid 4 started during the measurement: all its waiting counts
+    after = _snapshot({1: (1.25, 3.0), 2: (0.0, 0.75), 3: (1.0, 1.5), 4: (0.125, 0.5)})
+    assert waited(before, after) == {"engine": 0.25, "web": 2.0, "web main thread": 0.75, "workers": 0.5}
