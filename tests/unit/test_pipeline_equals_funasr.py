@@ -99,9 +99,9 @@ def test_audio_workers_yield_the_cpu_to_the_rest(ours):
 
     from asrfleet.engines.funasr.pool import WORKER_NICENESS
 
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    expected = min(os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS, 19)  # 19: the lowest there is
     pids = ours._pool.pids()
-    assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == mine + WORKER_NICENESS for pid in pids)
+    assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == expected for pid in pids)
 
 
 def test_without_punctuation(model_dirs, vad_dir, recordings):
