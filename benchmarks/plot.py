@@ -50,7 +50,6 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
     for i, v in enumerate(values):
         ax1.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
 
-    single = fleet_single
     labels = [
         "ours / baseline\nc=32 (Gradio)",
         "ours / baseline\nc=32 (/v1)",
@@ -68,7 +67,7 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
     tag = f"\n({fleet['run_note']})" if "run_note" in fleet else ""  # when it comes from another run
     for run in (r for r in fleet["runs"][1:] if r["config"].startswith("fleet of")):
         labels.append(f"fleet of {run['instances']}\n/ one instance{tag}")
-        speed.append(run["levels"][0]["rtfx"] / single)
+        speed.append(run["levels"][0]["rtfx"] / fleet_single)
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
         labels, speed, color=["#1f77b4", "#17becf", "#1f77b4", "#17becf"] + ["#ff7f0e"] * (len(labels) - 4)

@@ -88,7 +88,7 @@ class Recognizer:
 
     @torch.inference_mode()
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
-        encoder_out, encoder_lens, timestamp_alphas = self._encode(feats)
+        encoder_out, encoder_lens, graphed_alphas = self._encode(feats)
         embeds, token_num = self._predict(encoder_out, encoder_lens)
         token_lens = token_num.round().long()
         # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
@@ -98,7 +98,7 @@ class Recognizer:
         tokens = self._best_tokens(encoder_out, encoder_lens, embeds, token_lens, host_token_lens)
         stamps = None
         if self.timestamps:
-            stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens, timestamp_alphas)
+            stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens, graphed_alphas)
         host_encoder_lens = encoder_lens.cpu()
         return [
             self._decode(i, tokens[i, : host_token_lens[i]].tolist(), host_encoder_lens, stamps)
