@@ -23,9 +23,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import httpx
+import aiohttp
 
-from benchmarks.gradio_protocol import GradioEvent
+from benchmarks.gradio_protocol import GradioEvent, new_session
 from benchmarks.workload import Recording, collect, total_s
 
 
@@ -42,8 +42,8 @@ class Sample:
 async def _user(
     url: str, api: str, queue: asyncio.Queue, samples: list[Sample], timeout: float, tls: ssl.SSLContext
 ) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, verify=tls) as client:
-        event = GradioEvent(client) if api == "gradio" else None
+    async with new_session(url, timeout, tls) as session:
+        event = GradioEvent(session) if api == "gradio" else None
         while True:
             try:
                 recording: Recording = queue.get_nowait()
@@ -54,19 +54,20 @@ async def _user(
                 if event is not None:
                     await event.call(recording.path, "")
                 else:
-                    await _openai_call(client, recording.path)
+                    await _openai_call(session, recording.path)
                 samples.append(Sample(recording.duration_s, time.perf_counter() - started))
             except Exception as err:  # every failure is counted and reported, none stops the run
                 samples.append(Sample(recording.duration_s, time.perf_counter() - started, repr(err)[:300]))
 
 
-async def _openai_call(client: httpx.AsyncClient, path: Path) -> dict:
+async def _openai_call(session: aiohttp.ClientSession, path: Path) -> dict:
+    form = aiohttp.FormData()
     with open(path, "rb") as f:
-        response = await client.post(
-            "/v1/audio/transcriptions", files={"file": (path.name, f)}, data={"model": "default"}
-        )
-    response.raise_for_status()
-    return response.json()
+        form.add_field("file", f.read(), filename=path.name)
+    form.add_field("model", "default")
+    async with session.post("/v1/audio/transcriptions", data=form) as response:
+        response.raise_for_status()
+        return await response.json()
 
 
 async def _run_users(
@@ -76,8 +77,8 @@ async def _run_users(
     for r in recordings:
         queue.put_nowait(r)
     samples: list[Sample] = []
-    # One TLS context for all users: each client would otherwise load the CA store (~20 ms of CPU).
-    tls = httpx.create_ssl_context()
+    # One TLS context for all users: each would otherwise load the CA store (~20 ms of CPU).
+    tls = ssl.create_default_context()
     await asyncio.gather(*(_user(url, api, queue, samples, timeout, tls) for _ in range(users)))
     return samples
 
