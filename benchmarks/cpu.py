@@ -7,7 +7,10 @@ queue, /proc/PID/task/TID/schedstat): CPU seconds say how much work a role did, 
 whether the host kept it from doing more. Roles follow the process tree: an instance's web
 server (`python -m instances`), its engine process (the web server's child), the engine's audio
 workers (its children), nginx, supervisord, and the load generator (this process and the client
-processes it started and reaped). Also the host's busy share over the interval, from /proc/stat.
+processes it started and reaped). Also the host's busy share over the interval, from /proc/stat,
+and its steal share: in a virtual machine, the time its CPUs were ready to run but the hypervisor
+ran something else. Stolen time shows up in neither a process's CPU seconds nor its run-queue
+wait, only as a process that did less per wall second.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ class Snapshot:
     by_pid: dict[int, tuple[str, float]]  # pid -> (role, CPU seconds so far)
     waits: dict[int, tuple[float, float]]  # pid -> (main thread's, all threads') run-queue seconds
     load_generator: float  # this process and its reaped children
-    host_busy: float  # busy jiffies
+    host_busy: float  # busy jiffies, stolen ones included
     host_total: float
+    host_steal: float = 0.0  # jiffies the hypervisor took from this machine's CPUs
 
 
 def _processes() -> dict[int, tuple[int, str, float]]:
@@ -82,18 +86,26 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
     return roles
 
 
-def _host() -> tuple[float, float]:
+def _host() -> tuple[float, float, float]:
+    """Busy, total and stolen jiffies of all CPUs so far."""
     with open("/proc/stat", encoding="utf-8") as f:
-        values = [float(v) for v in f.readline().split()[1:]]
+        return host_jiffies(f.readline())
+
+
+def host_jiffies(cpu_line: str) -> tuple[float, float, float]:
+    """(busy, total, steal) from /proc/stat's "cpu" line: user nice system idle iowait irq
+    softirq steal guest guest_nice. guest and guest_nice are already counted in user and nice."""
+    values = [float(v) for v in cpu_line.split()[1:]][:8]
     idle = values[3] + values[4]  # idle, iowait
-    return sum(values) - idle, sum(values)
+    steal = values[7] if len(values) > 7 else 0.0
+    return sum(values) - idle, sum(values), steal
 
 
 def snapshot() -> Snapshot:
     procs = _processes()
     roles = _roles(procs)
     mine = os.times()
-    busy, total = _host()
+    busy, total, steal = _host()
     return Snapshot(
         at=time.monotonic(),
         by_pid={pid: (role, procs[pid][2]) for pid, role in roles.items()},
@@ -101,6 +113,7 @@ def snapshot() -> Snapshot:
         load_generator=mine.user + mine.system + mine.children_user + mine.children_system,
         host_busy=busy,
         host_total=total,
+        host_steal=steal,
     )
 
 
@@ -114,6 +127,7 @@ def used(before: Snapshot, after: Snapshot) -> dict[str, float]:
     out["load generator"] = round(after.load_generator - before.load_generator, 1)
     total = after.host_total - before.host_total
     out["host_busy_share"] = round((after.host_busy - before.host_busy) / total, 3) if total else 0.0
+    out["host_steal_share"] = round((after.host_steal - before.host_steal) / total, 4) if total else 0.0
     return out
 
 

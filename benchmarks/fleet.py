@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         run["engines"] = engine_deltas(before, instance_stats(members), wall)
         run["cpu_s"] = cpu_used
         run["run_queue_wait_s"] = cpu.waited(cpu_before, cpu_after)
-        roles = {role: s for role, s in cpu_used.items() if role != "host_busy_share"}
+        roles = {role: s for role, s in cpu_used.items() if not role.startswith("host_")}
         run["cpu_ms_per_request"] = {role: round(1000 * s / len(workload), 1) for role, s in roles.items()}
         result["runs"].append(run)
         print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
@@ -220,8 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     for run in result["runs"]:
         rtfx = run["levels"][0]["rtfx"]
         print(f"{run['config']:<28} {rtfx:>9.1f}x real time  {run['vs_one_instance']:5.2f}x one instance")
-        busy = run["cpu_s"]["host_busy_share"]
-        print(f"    CPU ms a request: {run['cpu_ms_per_request']}; host CPUs busy {busy:.0%}", flush=True)
+        host = run["cpu_s"]
+        print(
+            f"    CPU ms a request: {run['cpu_ms_per_request']}; host CPUs busy "
+            f"{host['host_busy_share']:.0%}, stolen by the hypervisor {host['host_steal_share']:.1%}",
+            flush=True,
+        )
         print(f"    waited for a CPU (s): {run['run_queue_wait_s']}", flush=True)
     return 0
 

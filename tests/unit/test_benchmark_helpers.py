@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from benchmarks.cpu import Snapshot, waited
+from benchmarks.cpu import Snapshot, host_jiffies, used, waited
 from benchmarks.fleet import summarise
 from benchmarks.host_cpus import speeds
 
@@ -47,3 +47,17 @@ def test_run_queue_waits_add_up_by_role_and_keep_the_event_loops_apart():
     # pid 4 started during the measurement: all its waiting counts
     after = _snapshot({1: (1.25, 3.0), 2: (0.0, 0.75), 3: (1.0, 1.5), 4: (0.125, 0.5)})
     assert waited(before, after) == {"engine": 0.25, "web": 2.0, "web main thread": 0.75, "workers": 0.5}
+
+
+def test_host_jiffies_count_steal_as_busy_and_guest_time_once():
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    busy, total, steal = host_jiffies("cpu  100 5 50 800 20 3 2 20 40 0")
+    assert (busy, total, steal) == (180.0, 1000.0, 20.0)
+
+
+def test_used_reports_the_share_stolen_by_the_hypervisor():
+    before = Snapshot(0.0, {}, {}, 0.0, host_busy=100.0, host_total=1000.0, host_steal=10.0)
+    after = Snapshot(1.0, {}, {}, 2.0, host_busy=400.0, host_total=2000.0, host_steal=60.0)
+    shares = used(before, after)
+    assert shares["host_busy_share"] == 0.3 and shares["host_steal_share"] == 0.05
+    assert shares["load generator"] == 2.0
