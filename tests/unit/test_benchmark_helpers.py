@@ -61,3 +61,12 @@ def test_used_reports_the_share_stolen_by_the_hypervisor():
     shares = used(before, after)
     assert shares["host_busy_share"] == 0.3 and shares["host_steal_share"] == 0.05
     assert shares["load generator"] == 2.0
+
+
+def test_a_superseded_measurement_counts_for_nothing():
+    disturbed = {**_run("instance 0 alone (direct)", 100.0), "superseded": "stolen"}
+    again = _run("instance 0 alone (direct)", 400.0)
+    result = {"runs": [disturbed, again, _run("fleet of 1 via nginx", 400.0)]}
+    summarise(result)
+    assert result["one_instance_rtfx"] == 400.0
+    assert [r["vs_one_instance"] for r in result["runs"]] == [0.25, 1.0, 1.0]
