@@ -65,7 +65,8 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
     ]
     targets = [8, 8, 0.6, 0.6]
     tag = f"\n({fleet['run_note']})" if "run_note" in fleet else ""  # when it comes from another run
-    for run in (r for r in fleet["runs"][1:] if r["config"].startswith("fleet of")):
+    counted = (r for r in fleet["runs"][1:] if "superseded" not in r)  # fleet.py measured those again
+    for run in (r for r in counted if r["config"].startswith("fleet of")):
         labels.append(f"fleet of {run['instances']}\n/ one instance{tag}")
         speed.append(run["levels"][0]["rtfx"] / fleet_single)
         targets.append(3.7 if run["instances"] == 4 else 1.9)
