@@ -40,6 +40,7 @@ log = logging.getLogger("instances")
 def main(argv: list[str] | None = None) -> int:
     config = InstanceConfig.from_argv(argv)
     configure_logging(config.name)
+    _gpu_allocator()
     dirs, owned = _temp_dirs(config)
     try:
         return _serve(config, dirs)
@@ -108,6 +109,16 @@ def _exit(state: LoadState, server: uvicorn.Server, why: str, code: int) -> None
     state.failed = why
     state.exit_code = code
     server.should_exit = True
+
+
+def _gpu_allocator() -> None:
+    """PyTorch's CUDA allocator grows its segments instead of reserving new fixed ones (unless the
+    user configured it). Batches of ever-new shapes, plus the CUDA graphs' own memory pool, left
+    so much reserved and unused that a 3-hour recording peaked at 4.42 GB (NVML) on an H200, over
+    the 4 GB bound; with expandable segments, 3.55 GB; without graphs, 2.55 GB
+    (`benchmarks/results/README.md`). Set before the engine process starts: it inherits it, and
+    PyTorch reads it when CUDA first allocates."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
 def _temp_dirs(config: InstanceConfig) -> tuple[InstanceDirs, bool]:

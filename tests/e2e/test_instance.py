@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -81,6 +82,14 @@ def test_alive_before_ready(server):
     assert loading.status_code == 503 and loading.json()["status"] == "loading"
     ready = httpx.get(server["url"] + "/readyz").json()
     assert ready["status"] == "ready" and ready["name"] == "asr-test"
+
+
+def test_the_engine_process_gets_growable_gpu_memory_segments(server):
+    if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
+        pytest.skip("PYTORCH_CUDA_ALLOC_CONF is set here: the instance keeps the user's")
+    pid = httpx.get(server["url"] + "/readyz").json()["stats"]["engine_pid"]
+    environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert b"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in environment
 
 
 def test_listens_on_loopback_only(server):
