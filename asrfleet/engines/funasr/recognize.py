@@ -27,7 +27,7 @@ import torch
 from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 
 from asrfleet.engines.funasr import cif, graphs
-from asrfleet.engines.funasr.timestamps import timestamp_alphas
+from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class Recognizer:
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
-        mask = _frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
+        mask = frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
         return encoder_out.float() * mask, encoder_lens, None
 
     def _best_tokens(
@@ -150,7 +150,7 @@ class Recognizer:
         if not isinstance(p, CifPredictorV3):
             embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
             return embeds, token_num
-        mask = _frame_mask(encoder_lens, encoder_out.size(1))
+        mask = frame_mask(encoder_lens, encoder_out.size(1))
         output = torch.relu(p.cif_conv1d(p.pad(encoder_out.transpose(1, 2)))).transpose(1, 2)
         alphas = torch.relu(torch.sigmoid(p.cif_output(output)) * p.smooth_factor - p.noise_threshold)
         alphas = (alphas * mask[:, :, None]).squeeze(-1)
@@ -208,7 +208,3 @@ class Recognizer:
         _, timestamp = ts_prediction_lfr6_standard(stamps[0][i][:n], stamps[1][i][:n], copy.copy(tokens))
         text, timestamps, _ = postprocess_utils.sentence_postprocess(tokens, timestamp)
         return SegmentText(text, timestamps)
-
-
-def _frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
-    return (torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]).float()

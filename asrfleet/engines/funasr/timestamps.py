@@ -45,8 +45,12 @@ def timestamp_alphas(
         raise NotImplementedError(f"timestamp head {p.upsample_type!r}")
     alphas = torch.sigmoid(p.cif_output2(upsampled)).squeeze(-1)
     alphas = torch.relu(alphas * p.smooth_factor2 - p.noise_threshold2)
-    frames = torch.arange(alphas.size(1), device=alphas.device)[None, :]
-    return alphas * (frames < up_lens[:, None]).float()
+    return alphas * frame_mask(up_lens, alphas.size(1))
+
+
+def frame_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width) float: 1 where a row's frame is inside its length, 0 on padding."""
+    return (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).float()
 
 
 def _blstm_packed(lstm: torch.nn.LSTM, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
