@@ -78,3 +78,15 @@ def test_the_startup_check_turns_reuse_off_when_frames_differ(preparer, monkeypa
         assert not preparer.fbank.enabled
     finally:
         preparer.fbank.enabled = True
+
+
+def test_reuse_is_off_for_a_vad_frontend_it_does_not_know(model_dirs):
+    from funasr.frontends.wav_frontend import WavFrontend, WavFrontendOnline
+
+    asr = features.build_frontend(str(model_dirs["asr"]))
+    online = WavFrontendOnline(n_mels=80, frame_length=25, frame_shift=10, dither=0.0, lfr_m=5, lfr_n=1)
+    assert features._compatible(online, asr)
+    assert not features._compatible(WavFrontend(n_mels=80, dither=0.0), asr)  # not the online class
+    assert not features._compatible(WavFrontendOnline(n_mels=64, dither=0.0), asr)  # other settings
+    online.forward_fbank = None  # as if FunASR renamed the method
+    assert not features._compatible(online, asr)

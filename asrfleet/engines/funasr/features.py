@@ -131,6 +131,8 @@ def _compatible(vad_frontend: object, asr_frontend: torch.nn.Module) -> bool:
 
     if type(vad_frontend) is not WavFrontendOnline or type(asr_frontend) is not WavFrontend:
         return False
+    if not callable(getattr(vad_frontend, "forward_fbank", None)):
+        return False  # the method `_record_fbank` wraps
     if not (asr_frontend.upsacle_samples and asr_frontend.snip_edges and asr_frontend.fs == 16000):
         return False
     return all(getattr(vad_frontend, name) == getattr(asr_frontend, name) for name in _SETTINGS)
