@@ -18,10 +18,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from asrfleet.audio import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-_SHIFT = 160  # samples between frames (10 ms at 16 kHz)
-_LENGTH = 400  # samples in a frame (25 ms)
+_MS = SAMPLE_RATE // 1000  # samples per millisecond
+_SHIFT = 10 * _MS  # samples between frames
+_LENGTH = 25 * _MS  # samples in a frame
 _SETTINGS = ("fs", "window", "n_mels", "frame_length", "frame_shift", "dither")
 
 
@@ -51,10 +54,11 @@ class FbankReuse:
     """Keeps the VAD's filterbank frames of one recording and cuts segments' ASR features from
     them. `start()` before the VAD runs, `features()` after."""
 
-    def __init__(self, vad: object, asr_frontend: torch.nn.Module, max_frames: int) -> None:
-        """vad: FunASR's AutoModel of the VAD, whose frontend gets watched."""
+    def __init__(self, vad: object, asr_frontend: torch.nn.Module, max_seconds: float) -> None:
+        """vad: FunASR's AutoModel of the VAD, whose frontend gets watched. Recordings up to
+        `max_seconds` keep their frames: memory stays bounded for long ones."""
         self.asr_frontend = asr_frontend
-        self.max_frames = max_frames  # frames kept per recording: memory stays bounded for long ones
+        self.max_frames = int(max_seconds * SAMPLE_RATE) // _SHIFT
         self.enabled = _compatible(vad.kwargs.get("frontend"), asr_frontend)
         self._frames: list[torch.Tensor] = []
         self._recording = False
@@ -76,7 +80,7 @@ class FbankReuse:
 
     def features(self, samples: np.ndarray, segment_ms: tuple[int, int]) -> np.ndarray:
         """The ASR features of samples[start:end] (ms), cut from the kept frames where possible."""
-        start, end = segment_ms[0] * 16, min(segment_ms[1] * 16, samples.size)
+        start, end = segment_ms[0] * _MS, min(segment_ms[1] * _MS, samples.size)
         piece = samples[start:end]
         frames = self._cut(start, piece.size) if self._recording else None
         if frames is None:
@@ -104,13 +108,13 @@ class FbankReuse:
         if not self.enabled:
             return False
         rng = np.random.default_rng(0)
-        t = np.arange(int(seconds * 16000)) / 16000
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
         samples = (0.3 * np.sin(2 * np.pi * 220 * t) + 0.05 * rng.standard_normal(t.size)).astype(np.float32)
         self.start(samples.size)
         find_speech(samples)
         for start_ms, end_ms in [(0, 730), (120, 1995), (500, 1000), (1000, int(seconds * 1000))]:
-            piece = samples[start_ms * 16 : end_ms * 16]
-            frames = self._cut(start_ms * 16, piece.size)
+            piece = samples[start_ms * _MS : end_ms * _MS]
+            frames = self._cut(start_ms * _MS, piece.size)
             if frames is None or not _same(_after_fbank(self.asr_frontend, frames), piece, self.asr_frontend):
                 log.warning("ASR features are computed again for every segment: the VAD's frames differ")
                 self.enabled = False
@@ -133,7 +137,7 @@ def _compatible(vad_frontend: object, asr_frontend: torch.nn.Module) -> bool:
         return False
     if not callable(getattr(vad_frontend, "forward_fbank", None)):
         return False  # the method `_record_fbank` wraps
-    if not (asr_frontend.upsacle_samples and asr_frontend.snip_edges and asr_frontend.fs == 16000):
+    if not (asr_frontend.upsacle_samples and asr_frontend.snip_edges and asr_frontend.fs == SAMPLE_RATE):
         return False
     return all(getattr(vad_frontend, name) == getattr(asr_frontend, name) for name in _SETTINGS)
 

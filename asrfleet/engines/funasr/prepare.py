@@ -68,7 +68,7 @@ class Preparer:
             disable_log=True,
         )
         self.frontend = build_frontend(settings.asr_dir)
-        self.fbank = FbankReuse(self.vad, self.frontend, max_frames=int(settings.reuse_fbank_s * 100))
+        self.fbank = FbankReuse(self.vad, self.frontend, max_seconds=settings.reuse_fbank_s)
         self.fbank.check(self.find_speech)
 
     def prepare(self, path: Path | str) -> Iterator[Segmented | Features]:
