@@ -36,6 +36,15 @@ def new_session(url: str, timeout: float, tls: ssl.SSLContext) -> aiohttp.Client
     )
 
 
+def file_form(field: str, path: Path, **fields: str) -> aiohttp.FormData:
+    """A multipart form with the file's bytes as `field`, and the other fields as given."""
+    form = aiohttp.FormData()
+    form.add_field(field, path.read_bytes(), filename=path.name)
+    for name, value in fields.items():
+        form.add_field(name, value)
+    return form
+
+
 class GradioEvent:
     def __init__(self, session: aiohttp.ClientSession, api_name: str = "transcribe") -> None:
         self.session = session
@@ -73,10 +82,7 @@ class GradioEvent:
         return await self._result()
 
     async def _upload(self, path: Path) -> str:
-        form = aiohttp.FormData()
-        with open(path, "rb") as f:
-            form.add_field("files", f.read(), filename=path.name)
-        async with self.session.post("/gradio_api/upload", data=form) as response:
+        async with self.session.post("/gradio_api/upload", data=file_form("files", path)) as response:
             if response.status != 200:
                 raise GradioError(f"upload: HTTP {response.status} {(await response.text())[:200]}")
             return (await response.json())[0]

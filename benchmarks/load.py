@@ -25,7 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
-from benchmarks.gradio_protocol import GradioEvent, new_session
+from benchmarks.gradio_protocol import GradioEvent, file_form, new_session
 from benchmarks.workload import Recording, collect, total_s
 
 
@@ -61,10 +61,7 @@ async def _user(
 
 
 async def _openai_call(session: aiohttp.ClientSession, path: Path) -> dict:
-    form = aiohttp.FormData()
-    with open(path, "rb") as f:
-        form.add_field("file", f.read(), filename=path.name)
-    form.add_field("model", "default")
+    form = file_form("file", path, model="default")
     async with session.post("/v1/audio/transcriptions", data=form) as response:
         response.raise_for_status()
         return await response.json()
