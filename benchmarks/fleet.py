@@ -6,11 +6,19 @@ One fleet of N instances (one per GPU) is started and warmed up: the distinct re
 through nginx to all instances at once until a pass records no new CUDA graph anywhere (the first
 batch of a new shape records one, about 0.1 s; the measurements are of the steady state). Then:
 
-* every instance alone, directly on its port, at concurrency C. One instance's throughput is
-  their mean: on a shared host the instances differ (by up to 30 % in session 5, from where the
-  scheduler put their processes), and a fleet is the sum of its instances;
-* the fleet through nginx at C x N; for N = 4 the fleet is then reconciled to 2 instances and
-  measured at C x 2, then to 1 and measured through nginx at C (what the nginx hop costs).
+* every instance alone, directly on its port, at concurrency C;
+* the fleet through nginx at C x N, then every instance alone again;
+* for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2, and instances 0 and 1
+  measured alone again; then it is reconciled to 1 and measured through nginx at C (what the
+  nginx hop costs).
+
+One instance's throughput is the mean of its members measured alone: on a shared host the
+instances differ (by up to 30 % in session 5, from where the scheduler put their processes), and a
+fleet is the sum of its instances. Each fleet is compared with its members measured alone just
+before and just after it ("vs_alone_around"): the host's speed drifts over minutes (session 8:
+the audio workers needed 37 ms of CPU per transcription in the first measurements of a run and
+32.5 ms in its last, the same work), and measurements on both sides of the fleet cancel a steady
+drift. "vs_one_instance" compares with the mean of every measurement alone in the run.
 
 The same recordings everywhere, repeated --repeat times per instance, so that every measurement
 lasts about as long (a short one weighs its ramp at start and end more). Each measurement
@@ -113,9 +121,10 @@ def disturbed(stolen: float, limit: float) -> str:
 
 def summarise(result: dict) -> None:
     """One instance's throughput (the mean of every instance alone; see above) and each run's
-    ratio to it. A run measured again (another tenant took the host's CPUs) counts for nothing."""
+    ratio to it and to its members measured alone around it. A run measured again (another tenant
+    took the host's CPUs) counts for nothing."""
     counted = [r for r in result["runs"] if "superseded" not in r]
-    alone = [r["levels"][0]["rtfx"] for r in counted if r["config"].endswith("alone (direct)")]
+    alone = [r["levels"][0]["rtfx"] for r in counted if alone_instance(r) is not None]
     single = sum(alone) / len(alone) if alone else 0.0
     if single <= 0:
         return  # every request failed: the runs say why
@@ -123,6 +132,38 @@ def summarise(result: dict) -> None:
     result["one_instance_spread"] = [round(min(alone), 1), round(max(alone), 1)]
     for run in result["runs"]:
         run["vs_one_instance"] = round(run["levels"][0]["rtfx"] / single, 3)
+    for position, run in enumerate(result["runs"]):
+        if alone_instance(run) is not None or "superseded" in run:
+            continue
+        around = alone_around(result["runs"], position)
+        if around > 0:
+            run["alone_around_rtfx"] = round(around, 1)
+            run["vs_alone_around"] = round(run["levels"][0]["rtfx"] / around, 3)
+
+
+def alone_instance(run: dict) -> int | None:
+    """The instance a run measured alone, directly on its port; None for runs through nginx."""
+    words = run["config"].split()
+    if run["config"].endswith("alone (direct)") and words[0] == "instance":
+        return int(words[1])
+    return None
+
+
+def alone_around(runs: list[dict], position: int) -> float:
+    """One instance's throughput next to runs[position]: for each of its members, the mean of its
+    last measurement alone before it and its first after it (one side where the other is
+    missing); then their mean. 0.0 where no member was measured alone."""
+    members = range(runs[position].get("instances", 1))
+    counted = [(i, r) for i, r in enumerate(runs) if "superseded" not in r]
+    means = []
+    for member in members:
+        own = [(i, r["levels"][0]["rtfx"]) for i, r in counted if alone_instance(r) == member]
+        before = [rtfx for i, rtfx in own if i < position][-1:]
+        after = [rtfx for i, rtfx in own if i > position][:1]
+        sides = before + after
+        if sides:
+            means.append(sum(sides) / len(sides))
+    return sum(means) / len(means) if means else 0.0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -219,6 +260,10 @@ def main(argv: list[str] | None = None) -> int:
         run["cpu_ms_per_request"] = {role: round(1000 * s / len(workload), 1) for role, s in roles.items()}
         return run
 
+    def measure_alone(members: list[int]) -> None:
+        for i in members:
+            measure(f"instance {i} alone (direct)", [i], instance_url(i))
+
     everyone = list(range(args.gpus))
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
@@ -227,12 +272,13 @@ def main(argv: list[str] | None = None) -> int:
         result["warm_up_graphs"] = warm_up(
             everyone, distinct * args.gpus, c * args.gpus, args.procs, args.api
         )
-        for i in everyone:
-            measure(f"instance {i} alone (direct)", [i], instance_url(i))
+        measure_alone(everyone)
         measure(f"fleet of {args.gpus} via nginx", everyone, NGINX_URL)
+        measure_alone(everyone)  # after the fleet too: the host's speed drifts (see above)
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
             measure("fleet of 2 via nginx", [0, 1], NGINX_URL)
+            measure_alone([0, 1])
         if args.gpus >= 2:
             launcher("--instances", "1", *common)
             measure("1 instance via nginx", [0], NGINX_URL)
@@ -248,7 +294,12 @@ def main(argv: list[str] | None = None) -> int:
         rtfx = run["levels"][0]["rtfx"]
         note = "  (superseded: measured again)" if "superseded" in run else ""
         ratio = run["vs_one_instance"]
-        print(f"{run['config']:<28} {rtfx:>9.1f}x real time  {ratio:5.2f}x one instance{note}")
+        around = (
+            f"  {run['vs_alone_around']:5.2f}x its members alone around it"
+            if "vs_alone_around" in run
+            else ""
+        )
+        print(f"{run['config']:<28} {rtfx:>9.1f}x real time  {ratio:5.2f}x one instance{around}{note}")
         host = run["cpu_s"]
         print(
             f"    CPU ms a request: {run['cpu_ms_per_request']}; host CPUs busy "

@@ -70,3 +70,25 @@ def test_a_superseded_measurement_counts_for_nothing():
     summarise(result)
     assert result["one_instance_rtfx"] == 400.0
     assert [r["vs_one_instance"] for r in result["runs"]] == [0.25, 1.0, 1.0]
+
+
+def test_a_fleet_is_compared_with_its_members_alone_just_before_and_after_it():
+    # The host slowed down after the first round: the fleet of 2 sits between 500/400 and 300/200.
+    result = {
+        "runs": [
+            _run("instance 0 alone (direct)", 500.0),
+            _run("instance 1 alone (direct)", 400.0),
+            {**_run("fleet of 2 via nginx", 700.0), "instances": 2},
+            {**_run("instance 0 alone (direct)", 50.0), "superseded": "stolen"},
+            _run("instance 0 alone (direct)", 300.0),
+            _run("instance 1 alone (direct)", 200.0),
+            {**_run("1 instance via nginx", 330.0), "instances": 1},
+            _run("instance 0 alone (direct)", 100.0),
+        ]
+    }
+    summarise(result)
+    fleet, single = result["runs"][2], result["runs"][6]
+    assert fleet["alone_around_rtfx"] == 350.0 and fleet["vs_alone_around"] == 2.0
+    assert single["alone_around_rtfx"] == 200.0 and single["vs_alone_around"] == 1.65
+    assert result["one_instance_rtfx"] == 300.0 and fleet["vs_one_instance"] == 2.333
+    assert "vs_alone_around" not in result["runs"][0] and "vs_alone_around" not in result["runs"][3]
