@@ -239,26 +239,30 @@ def main(argv: list[str] | None = None) -> int:
     utterances = collect([args.audio], args.limit)
     mixed = utterances + collect([args.long]) * 2
     result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
+    hardware = load.hardware()
     result.update(
-        hardware=load.hardware(),
         model=f"Paraformer-large architecture ({args.size}), random weights",
-        utterances={"files": len(utterances), "audio_s": round(total_s(utterances), 1)},
         dtype="fp16" if args.fp16 else "fp32",
         punctuation="none (both sides)",
     )
-    print(f"{result['model']} on {result['hardware']}, {result['dtype']}", flush=True)
+    print(f"{result['model']} on {hardware}, {result['dtype']}", flush=True)
     parts = args.parts.split(",")
     try:  # whatever was measured is written, also when the run is cut short (SIGTERM, an error)
         if "throughput" in parts:
+            # The top-level hardware and utterances describe the throughput run: a later run of
+            # another part alone, maybe on another machine, leaves them as they are.
+            result["hardware"] = hardware
+            result["utterances"] = {"files": len(utterances), "audio_s": round(total_s(utterances), 1)}
             result["throughput"] = {}
             throughput(args, model, utterances, mixed, logs, result["throughput"])
             args.out.write_text(json.dumps(result, indent=2))
         if "precision" in parts:
-            result["fp16_differences"] = precision(args, model, utterances[: args.precision_files])
+            differences = precision(args, model, utterances[: args.precision_files])
+            result["fp16_differences"] = {"hardware": hardware, **differences}
             print("fp16 differences:", result["fp16_differences"], flush=True)
             args.out.write_text(json.dumps(result, indent=2))
         if "long" in parts:
-            result["long_recording"] = long_recording(args, model, logs, args.work)
+            result["long_recording"] = {"hardware": hardware, **long_recording(args, model, logs, args.work)}
     finally:
         args.out.write_text(json.dumps(result, indent=2))
         print(f"wrote {args.out}", flush=True)

@@ -1,7 +1,10 @@
 """Plot the committed benchmark results: throughput, speed-up and GPU memory per configuration.
 
     python -m benchmarks.plot benchmarks/results/one_gpu.json benchmarks/results/fleet.json \
-        --out benchmarks/results/benchmarks.png
+        [more fleet runs ...] --out benchmarks/results/benchmarks.png
+
+The first fleet file gives "one instance" in the throughput panel; every fleet file gives its
+fleets' speed-ups, so that repeated runs show how much they vary.
 """
 
 from __future__ import annotations
@@ -23,14 +26,35 @@ def _instance_peak(level: dict, prefix: str) -> float:
     return max(peaks) / GIB if peaks else 0.0
 
 
-def figure(one: dict, fleet: dict, out: Path) -> None:
+def _fleet_runs(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """Every counted fleet measurement (not one instance through nginx, not one measured again)."""
+    return [
+        (name, run)
+        for name, fleet in fleets
+        for run in fleet["runs"]
+        if run["config"].startswith("fleet of") and "superseded" not in run
+    ]
+
+
+def _single(fleets: list[tuple[str, dict]], name: str) -> float:
+    fleet = dict(fleets)[name]
+    return fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
+
+
+def _fleet_speed_up(run: dict, single: float) -> float:
+    """Against its instances measured alone just before and after it where the run did that
+    (benchmarks/fleet.py), else against the run's one instance."""
+    return run.get("vs_alone_around") or run["levels"][0]["rtfx"] / single
+
+
+def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     t = one["throughput"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 5.6))
     gpu = one["hardware"]["gpus"][0]
 
     names, values, colors = [], [], []
@@ -40,6 +64,7 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
         colors += ["#999999", "#1f77b4"]
     names += ["ours /v1\nc=32", "limit\n(ASR only)", "ours c=32\n(fleet run)"]
     # One instance, measured in the fleet run: the mean of every instance alone (older runs: one).
+    fleet = fleets[0][1]
     fleet_single = fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
     values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"], fleet_single]
     colors += ["#17becf", "#2ca02c", "#ff7f0e"]
@@ -64,11 +89,9 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
         _level(t["ours_openai_api"])["rtfx"] / t["limit"]["rtfx"],
     ]
     targets = [8, 8, 0.6, 0.6]
-    tag = f"\n({fleet['run_note']})" if "run_note" in fleet else ""  # when it comes from another run
-    counted = (r for r in fleet["runs"][1:] if "superseded" not in r)  # fleet.py measured those again
-    for run in (r for r in counted if r["config"].startswith("fleet of")):
-        labels.append(f"fleet of {run['instances']}\n/ one instance{tag}")
-        speed.append(run["levels"][0]["rtfx"] / fleet_single)
+    for name, run in _fleet_runs(fleets):
+        labels.append(f"fleet of {run['instances']}\n/ one\ninstance\n({name})")
+        speed.append(_fleet_speed_up(run, _single(fleets, name)))
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
         labels, speed, color=["#1f77b4", "#17becf", "#1f77b4", "#17becf"] + ["#ff7f0e"] * (len(labels) - 4)
@@ -79,7 +102,7 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
         ax2.text(x + bar.get_width() / 2, value, f"{value:.2f}×", ha="center", va="bottom", fontsize=8)
     ax2.set_yscale("log")
     ax2.set_title("Speed-up (red: target)")
-    ax2.tick_params(axis="x", labelsize=7)
+    ax2.tick_params(axis="x", labelsize=6)
 
     long = one["long_recording"]
     mem_names = [
@@ -111,13 +134,19 @@ def figure(one: dict, fleet: dict, out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def _run_name(path: Path) -> str:
+    """A short bar label: fleet.json is the final run, fleet_session8_first.json "first"."""
+    return path.stem.rsplit("_", 1)[-1] if "_" in path.stem else "final"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.plot")
     p.add_argument("one_gpu", type=Path)
-    p.add_argument("fleet", type=Path)
+    p.add_argument("fleet", type=Path, nargs="+")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    figure(json.loads(args.one_gpu.read_text()), json.loads(args.fleet.read_text()), args.out)
+    fleets = [(_run_name(path), json.loads(path.read_text())) for path in args.fleet]
+    figure(json.loads(args.one_gpu.read_text()), fleets, args.out)
     print(f"wrote {args.out}")
     return 0
 
