@@ -95,18 +95,39 @@ def _decode_container(container: av.container.InputContainer, limits: AudioLimit
     chunks: list[np.ndarray] = []
     total = 0
     for frame in container.decode(stream):
-        for out in resampler.resample(frame):
-            chunk = out.to_ndarray().reshape(-1)
-            chunks.append(chunk)
-            total += chunk.size
+        direct = direct_samples(frame)
+        converted = [direct] if direct is not None else _resampled(resampler, frame)
+        chunks += converted
+        total += sum(chunk.size for chunk in converted)
         if total > max_samples:
             raise TooLarge(_too_long_message(total / SAMPLE_RATE, limits.max_duration_s))
-    for out in resampler.resample(None):
-        chunks.append(out.to_ndarray().reshape(-1))
+    chunks += _resampled(resampler, None)
 
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     _check_complete(samples, declared)
     return samples
+
+
+def direct_samples(frame: av.AudioFrame) -> np.ndarray | None:
+    """A 16 kHz mono frame's samples as float32 without FFmpeg's resampler; None for others.
+
+    Speech is mostly recorded at 16 kHz mono already (aishell, telephone bands upsampled, what
+    FunASR expects), and then the resampler only converts the sample format, frame by frame, at
+    about half the cost of decoding (2.3 ms of a 4.2 ms 5-second MP3 on the CI machine). Its
+    conversions are exact: float stays float, and 16-bit integers are scaled by 2^-15, which is
+    what this does; a test checks both give the same samples.
+    """
+    if frame.sample_rate != SAMPLE_RATE or frame.layout.nb_channels != 1:
+        return None
+    if frame.format.name in ("flt", "fltp"):
+        return frame.to_ndarray().reshape(-1)
+    if frame.format.name in ("s16", "s16p"):
+        return frame.to_ndarray().reshape(-1).astype(np.float32) * np.float32(1 / 32768)
+    return None
+
+
+def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> list[np.ndarray]:
+    return [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
 
 
 def probe_duration(path: str | Path) -> float | None:

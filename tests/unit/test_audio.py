@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import av
 import numpy as np
 import pytest
 
 import media
+from asrfleet import audio
 from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
 from asrfleet.errors import BadAudio, NoSpeech, TooLarge
 
@@ -93,3 +95,31 @@ def test_truncated_compressed_files_fail_clearly(tmp_path, speech, suffix):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     with pytest.raises(BadAudio, match="truncated|could not be decoded"):
         decode_audio(path, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "codec,fmt", [("pcm_s16le", "s16"), ("flac", "s16"), ("mp3", "fltp"), ("pcm_f32le", "flt")]
+)
+def test_16k_mono_skips_the_resampler_with_the_same_samples(tmp_path, speech, monkeypatch, codec, fmt):
+    suffix = {"pcm_s16le": "wav", "pcm_f32le": "wav", "flac": "flac", "mp3": "mp3"}[codec]
+    path = media.write_audio(tmp_path / f"speech.{suffix}", speech, codec, fmt, 16000, 1)
+    direct = []
+    real = audio.direct_samples
+
+    def spy(frame):
+        direct.append(real(frame))
+        return direct[-1]
+
+    monkeypatch.setattr(audio, "direct_samples", spy)
+    fast = decode_audio(path, LIMITS)
+    assert direct and all(d is not None for d in direct)  # every frame took the direct path
+    monkeypatch.setattr(audio, "direct_samples", lambda frame: None)
+    assert np.array_equal(fast, decode_audio(path, LIMITS))
+
+
+def test_other_rates_and_stereo_go_through_the_resampler(tmp_path, speech):
+    for name, rate, channels in (("rate.wav", 44100, 1), ("stereo.wav", 16000, 2)):
+        path = media.write_audio(tmp_path / name, speech, "pcm_s16le", "s16", rate, channels)
+        with av.open(str(path)) as container:
+            frame = next(container.decode(audio=0))
+        assert audio.direct_samples(frame) is None
