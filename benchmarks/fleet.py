@@ -94,9 +94,20 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
+                "stage_ms_per_request": stage_ms(b.get("stage_s"), a.get("stage_s")),
             }
         )
     return out
+
+
+def stage_ms(before: dict | None, after: dict | None) -> dict[str, float]:
+    """Mean milliseconds a request spent in each of the engine's stages during a measurement
+    (the transcriber's stage_s); empty for engines that do not report them."""
+    if not before or not after or after["requests"] <= before["requests"]:
+        return {}
+    requests = after["requests"] - before["requests"]
+    stages = [key for key in after if key != "requests"]
+    return {stage: round(1000 * (after[stage] - before[stage]) / requests, 1) for stage in stages}
 
 
 def warm_up(members: list[int], recordings: list, concurrency: int, procs: int, api: str) -> list[int]:
@@ -307,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print(f"    waited for a CPU (s): {run['run_queue_wait_s']}", flush=True)
+        stages = [e["stage_ms_per_request"] for e in run.get("engines", []) if e.get("stage_ms_per_request")]
+        if stages:
+            print(f"    engine stages, ms a request (per instance): {stages}", flush=True)
     return 0
 
 

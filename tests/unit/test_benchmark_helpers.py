@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from benchmarks.cpu import Snapshot, host_jiffies, used, waited
-from benchmarks.fleet import summarise
+from benchmarks.fleet import stage_ms, summarise
 from benchmarks.host_cpus import speeds
 
 
@@ -92,3 +92,10 @@ def test_a_fleet_is_compared_with_its_members_alone_just_before_and_after_it():
     assert single["alone_around_rtfx"] == 200.0 and single["vs_alone_around"] == 1.65
     assert result["one_instance_rtfx"] == 300.0 and fleet["vs_one_instance"] == 2.333
     assert "vs_alone_around" not in result["runs"][0] and "vs_alone_around" not in result["runs"][3]
+
+
+def test_engine_stage_times_become_milliseconds_a_request():
+    before = {"requests": 10, "prepare": 1.0, "recognize": 2.0, "assemble": 0.1}
+    after = {"requests": 30, "prepare": 2.0, "recognize": 2.5, "assemble": 0.12}
+    assert stage_ms(before, after) == {"prepare": 50.0, "recognize": 25.0, "assemble": 1.0}
+    assert stage_ms(None, after) == {} and stage_ms(after, after) == {}

@@ -93,6 +93,18 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
         assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
 
 
+def test_stage_times_add_up_to_each_request_s_time(ours, recordings):
+    """prepare + recognize + assemble is each request's whole time in the engine."""
+    before = ours.stats()["stage_s"]
+    transcripts = [ours.transcribe(path, TranscribeOptions()) for path in recordings[:3]]
+    after = ours.stats()["stage_s"]
+    spent = {stage: after[stage] - before[stage] for stage in ("prepare", "recognize", "assemble")}
+    assert after["requests"] - before["requests"] == 3
+    assert spent["prepare"] > 0 and spent["recognize"] > 0 and spent["assemble"] >= 0
+    total = sum(t.timings["total_s"] for t in transcripts)
+    assert sum(spent.values()) == pytest.approx(total, abs=1e-3)
+
+
 def test_audio_workers_yield_the_cpu_to_the_rest(ours):
     """Workers run below the process that serves requests and drives the GPU."""
     import os

@@ -48,11 +48,42 @@ class _Job:
     segments: list[tuple[int, int]] = field(default_factory=list)
     results: dict[int, SegmentText] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    segmented: float = 0.0  # when a worker's segment list came back
+    recognized: float = 0.0  # when the last segment's text came back
 
     @property
     def key(self) -> str:
         """The scheduler's name for this attempt: results of an abandoned attempt are ignored."""
         return f"{self.job_id}#{self.attempt}"
+
+
+@dataclass
+class StageTimes:
+    """Seconds that the transcribed requests spent in each stage, summed: where latency goes.
+
+    prepare: from arrival until a worker has decoded the file and found its speech (waiting for a
+    worker included); recognize: until the GPU has returned the last segment's text (the features'
+    transfer and the wait for a batch included); assemble: until the transcript is ready.
+    """
+
+    requests: int = 0
+    prepare: float = 0.0
+    recognize: float = 0.0
+    assemble: float = 0.0
+
+    def add(self, job: _Job, done: float) -> None:
+        self.requests += 1
+        self.prepare += job.segmented - job.started
+        self.recognize += job.recognized - job.segmented
+        self.assemble += done - job.recognized
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "requests": self.requests,
+            "prepare": round(self.prepare, 4),
+            "recognize": round(self.recognize, 4),
+            "assemble": round(self.assemble, 4),
+        }
 
 
 class FunasrTranscriber:
@@ -68,6 +99,7 @@ class FunasrTranscriber:
         self._recognizer: Recognizer | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
         self._punctuator = Punctuator()
+        self._stages = StageTimes()  # written by the one punctuation thread only
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -178,6 +210,7 @@ class FunasrTranscriber:
             return
         if isinstance(message, Segmented):
             job.duration, job.segments, job.results = message.duration, message.segments, {}
+            job.segmented = time.perf_counter()
         elif isinstance(message, Features):
             items = [(message.first_index + i, f) for i, f in enumerate(message.feats)]
             self._scheduler.add(job.key, job.duration, items)
@@ -196,6 +229,7 @@ class FunasrTranscriber:
             return
         job.results.update(items)
         if job.segments and len(job.results) == len(job.segments):
+            job.recognized = time.perf_counter()
             self._finisher.submit(self._finish, job)
 
     def _on_batch_error(self, key: str, err: BaseException) -> None:
@@ -207,13 +241,14 @@ class FunasrTranscriber:
         try:
             results = [job.results[i] for i in range(len(job.segments))]
             assembled = self._punctuator.assemble(results, job.segments)
+            done = time.perf_counter()
             transcript = Transcript(
                 text=assembled.text,
                 sentences=assembled.sentences,
                 duration=job.duration,
                 language="zh",
                 model=self.model_name,
-                timings={"total_s": time.perf_counter() - job.started},
+                timings={"total_s": done - job.started},
             )
         except AsrError as err:
             job.future.set_exception(err)
@@ -221,6 +256,7 @@ class FunasrTranscriber:
             log.exception("assembling the transcript of job %s failed", job.job_id)
             job.future.set_exception(AsrError("assembling the transcript failed; the error is logged"))
         else:
+            self._stages.add(job, done)
             job.future.set_result(transcript)
 
     # -- the rest --------------------------------------------------------------------------------
@@ -231,6 +267,7 @@ class FunasrTranscriber:
             "in_flight": len(self._jobs),
             "device": self.device,
             "workers": self._pool.size if self._pool else 0,
+            "stage_s": self._stages.as_dict(),
         }
         if s is not None and self._scheduler is not None:
             out.update(
