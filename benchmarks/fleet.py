@@ -12,7 +12,7 @@ batch of a new shape records one, about 0.1 s; the measurements are of the stead
   measured alone again; then it is reconciled to 1 and measured through nginx at C (what the
   nginx hop costs).
 
-One instance's throughput is the mean of its members measured alone: on a shared host the
+One instance's throughput is the mean of every measurement of an instance alone: on a shared host the
 instances differ (by up to 30 % in session 5, from where the scheduler put their processes), and a
 fleet is the sum of its instances. Each fleet is compared with its members measured alone just
 before and just after it ("vs_alone_around"): the host's speed drifts over minutes (session 8:
@@ -80,7 +80,8 @@ def instance_stats(members: list[int]) -> list[dict]:
 
 
 def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
-    """What each instance's GPU thread did during one measurement: batches, mean size, busy share."""
+    """What each instance's GPU thread did during one measurement (batches, mean size, busy share),
+    and the mean time a request spent in each of its engine's stages."""
     out = []
     for b, a in zip(before, after, strict=True):
         batches = a["batches"] - b["batches"]
