@@ -117,7 +117,7 @@ def direct_samples(frame: av.AudioFrame) -> np.ndarray | None:
     conversions are exact: float stays float, and 16-bit integers are scaled by 2^-15, which is
     what this does; a test checks both give the same samples.
     """
-    if frame.sample_rate != SAMPLE_RATE or frame.layout.nb_channels != 1:
+    if frame.sample_rate != SAMPLE_RATE or len(frame.layout.channels) != 1:
         return None
     if frame.format.name in ("flt", "fltp"):
         return frame.to_ndarray().reshape(-1)
