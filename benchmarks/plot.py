@@ -26,18 +26,19 @@ def _instance_peak(level: dict, prefix: str) -> float:
     return max(peaks) / GIB if peaks else 0.0
 
 
-def _fleet_runs(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """Every counted fleet measurement (not one instance through nginx, not one measured again)."""
+def _fleet_runs(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict, dict]]:
+    """(name, fleet file, run) of every counted fleet measurement (not one instance through
+    nginx, not one measured again)."""
     return [
-        (name, run)
+        (name, fleet, run)
         for name, fleet in fleets
         for run in fleet["runs"]
         if run["config"].startswith("fleet of") and "superseded" not in run
     ]
 
 
-def _single(fleets: list[tuple[str, dict]], name: str) -> float:
-    fleet = dict(fleets)[name]
+def _one_instance(fleet: dict) -> float:
+    """One instance, measured in the fleet run: the mean of every instance alone (older runs: one)."""
     return fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
 
 
@@ -63,9 +64,7 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
         values += [_level(t["baseline"], c)["rtfx"], _level(t["ours"], c)["rtfx"]]
         colors += ["#999999", "#1f77b4"]
     names += ["ours /v1\nc=32", "limit\n(ASR only)", "ours c=32\n(fleet run)"]
-    # One instance, measured in the fleet run: the mean of every instance alone (older runs: one).
-    fleet = fleets[0][1]
-    fleet_single = fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
+    fleet_single = _one_instance(fleets[0][1])
     values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"], fleet_single]
     colors += ["#17becf", "#2ca02c", "#ff7f0e"]
     ax1.bar(names, values, color=colors)
@@ -89,9 +88,9 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
         _level(t["ours_openai_api"])["rtfx"] / t["limit"]["rtfx"],
     ]
     targets = [8, 8, 0.6, 0.6]
-    for name, run in _fleet_runs(fleets):
+    for name, fleet, run in _fleet_runs(fleets):
         labels.append(f"fleet of {run['instances']}\n/ one\ninstance\n({name})")
-        speed.append(_fleet_speed_up(run, _single(fleets, name)))
+        speed.append(_fleet_speed_up(run, _one_instance(fleet)))
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
         labels, speed, color=["#1f77b4", "#17becf", "#1f77b4", "#17becf"] + ["#ff7f0e"] * (len(labels) - 4)
