@@ -81,7 +81,8 @@ def instance_stats(members: list[int]) -> list[dict]:
 
 def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
     """What each instance's GPU thread did during one measurement (batches, mean size, busy share),
-    and the mean time a request spent in each of its engine's stages."""
+    how busy its host thread was turning batches into text, and the mean time a request spent in
+    each of its engine's stages."""
     out = []
     for b, a in zip(before, after, strict=True):
         batches = a["batches"] - b["batches"]
@@ -92,6 +93,7 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "batches": batches,
                 "mean_batch": round(segments / batches, 1) if batches else 0.0,
                 "gpu_thread_busy_share": round(busy / wall_s, 3) if wall_s else 0.0,
+                "host_thread_busy_share": _share(a, b, "host_busy_s", wall_s),
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
@@ -99,6 +101,12 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
             }
         )
     return out
+
+
+def _share(after: dict, before: dict, key: str, wall_s: float) -> float | None:
+    if key not in after or not wall_s:
+        return None  # an engine from before the key existed
+    return round((after[key] - before.get(key, 0.0)) / wall_s, 3)
 
 
 def stage_ms(before: dict | None, after: dict | None) -> dict[str, float]:
@@ -319,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         print(f"    waited for a CPU (s): {run['run_queue_wait_s']}", flush=True)
+        threads = [
+            f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
+            f"host thread {e.get('host_thread_busy_share') or 0:.0%}"
+            for e in run.get("engines", [])
+        ]
+        print(f"    busy (per instance): {'; '.join(threads)}", flush=True)
         stages = [e["stage_ms_per_request"] for e in run.get("engines", []) if e.get("stage_ms_per_request")]
         if stages:
             print(f"    engine stages, ms a request (per instance): {stages}", flush=True)

@@ -78,7 +78,8 @@ def test_out_of_memory_splits_the_batch_and_lowers_the_budget():
         calls.append(len(feats))
         if len(feats) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return [SegmentText(str(f.shape[0]), []) for f in feats]
+        results = [SegmentText(str(f.shape[0]), []) for f in feats]
+        return lambda: results
 
     items = [(i, np.zeros((10 + i, 4), dtype=np.float32)) for i in range(8)]
     got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), items)
@@ -93,3 +94,42 @@ def test_a_failing_batch_fails_its_request_not_the_scheduler():
 
     got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), [(0, np.zeros((5, 4), np.float32))])
     assert not got and isinstance(errors[0], ValueError)
+
+
+def test_a_failing_host_part_fails_its_request_not_the_scheduler():
+    def recognize(feats):
+        def finish():
+            raise KeyError("a token the tokenizer does not know")
+
+        return finish
+
+    got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), [(0, np.zeros((5, 4), np.float32))])
+    assert not got and isinstance(errors[0], KeyError)
+    assert s.stats.batches == 1
+
+
+def test_the_gpu_runs_the_next_batch_while_the_host_finishes_the_last():
+    """The host's part of batch 1 waits until the GPU's part of batch 2 has run: in one thread
+    that would never happen."""
+    second_ran = threading.Event()
+    gpu_thread = []
+
+    def recognize(feats):
+        gpu_thread.append(threading.current_thread().name)
+        if len(gpu_thread) == 2:
+            second_ran.set()
+        results = [SegmentText(str(f.shape[0]), []) for f in feats]
+
+        def finish():
+            assert second_ran.wait(5), "the GPU thread waited for the host's part"
+            return results
+
+        return finish
+
+    # one segment per batch: two segments of 6 frames each are over a budget of 10
+    items = [(0, np.zeros((6, 4), np.float32)), (1, np.zeros((6, 4), np.float32))]
+    got, errors, s = run_scheduler(recognize, Budget(max_frames=10), items)
+    assert not errors
+    assert {i: r.text for i, r in got.items()} == {0: "6", 1: "6"}
+    assert gpu_thread == ["gpu-batches", "gpu-batches"]
+    assert s.stats.batches == 2 and s.stats.host_busy_s > 0

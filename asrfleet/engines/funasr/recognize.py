@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -39,6 +40,20 @@ class SegmentText:
 
 
 EMPTY = SegmentText("", [])
+
+
+@dataclass(frozen=True)
+class OnHost:
+    """A batch's results, copied to the host; `Recognizer.texts` makes them segments' texts.
+
+    All None when no segment has a token.
+    """
+
+    count: int
+    tokens: torch.Tensor | None = None  # (B, L) the decoder's best token at each position
+    token_lens: torch.Tensor | None = None  # (B,) tokens per segment
+    encoder_lens: torch.Tensor | None = None  # (B,) encoder frames per segment
+    alphas: torch.Tensor | None = None  # (B, T) the timestamp head's scaled weights, float32
 
 
 class Recognizer:
@@ -86,23 +101,46 @@ class Recognizer:
         ):
             yield
 
-    @torch.inference_mode()
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
+        return self.texts(self.run(feats))
+
+    def in_two_parts(self, feats: list[np.ndarray]) -> Callable[[], list[SegmentText]]:
+        """`run` now; `texts` as the function returned, for the scheduler's host thread."""
+        return partial(self.texts, self.run(feats))
+
+    @torch.inference_mode()
+    def run(self, feats: list[np.ndarray]) -> OnHost:
+        """The GPU's part of a batch: everything up to the results' copy to the host.
+
+        The scheduler's GPU thread calls this and hands the result to `texts` in another thread,
+        so the GPU starts on the next batch while the host turns this one into text.
+        """
         encoder_out, encoder_lens, graphed_alphas = self._encode(feats)
         embeds, token_num = self._predict(encoder_out, encoder_lens)
         token_lens = token_num.round().long()
         # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
         host_token_lens = token_lens.cpu()
         if int(host_token_lens.max()) < 1:
-            return [EMPTY] * len(feats)
+            return OnHost(len(feats))
         tokens = self._best_tokens(encoder_out, encoder_lens, embeds, token_lens, host_token_lens)
-        stamps = None
+        alphas = None
         if self.timestamps:
-            stamps = self._timestamp_peaks(encoder_out, encoder_lens, token_lens, graphed_alphas)
-        host_encoder_lens = encoder_lens.cpu()
+            alphas = self._timestamp_alphas(encoder_out, encoder_lens, token_lens, graphed_alphas)
+        return OnHost(len(feats), tokens, host_token_lens, encoder_lens.cpu(), alphas)
+
+    @torch.inference_mode()  # FunASR's timestamp code updates the alphas in place
+    def texts(self, batch: OnHost) -> list[SegmentText]:
+        """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
+        if batch.tokens is None:
+            return [EMPTY] * batch.count
+        stamps = None
+        if batch.alphas is not None:
+            threshold = self.model.predictor.threshold - 1e-4
+            peaks = torch.from_numpy(cif.integrate_and_fire(batch.alphas.numpy(), threshold))
+            stamps = (batch.alphas, peaks)
         return [
-            self._decode(i, tokens[i, : host_token_lens[i]].tolist(), host_encoder_lens, stamps)
-            for i in range(len(feats))
+            self._decode(i, batch.tokens[i, : batch.token_lens[i]].tolist(), batch.encoder_lens, stamps)
+            for i in range(batch.count)
         ]
 
     def _encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -169,14 +207,14 @@ class Recognizer:
         speech = torch.from_numpy(batch).to(self.device, non_blocking=True)
         return speech, torch.tensor(lengths, dtype=torch.int32, device=self.device)
 
-    def _timestamp_peaks(
+    def _timestamp_alphas(
         self,
         encoder_out: torch.Tensor,
         encoder_lens: torch.Tensor,
         token_lens: torch.Tensor,
         alphas: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """BiCifParaformer's upsampled alphas, scaled to the predicted token count, and CIF peaks.
+    ) -> torch.Tensor:
+        """BiCifParaformer's upsampled alphas scaled to the predicted token count, on the host.
 
         `alphas`: the head's weights where the encoder's graph computed them; else they are
         computed here, as FunASR does, with the BLSTM on packed sequences.
@@ -185,9 +223,7 @@ class Recognizer:
         if alphas is None:
             alphas = timestamp_alphas(self.model, encoder_out, encoder_lens * p.upsample_times)
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
-        alphas = alphas.float().cpu()
-        peaks = torch.from_numpy(cif.integrate_and_fire(alphas.numpy(), p.threshold - 1e-4))
-        return alphas, peaks
+        return alphas.float().cpu()
 
     def _decode(
         self,

@@ -128,7 +128,9 @@ class FunasrTranscriber:
             # After the budget: graphs are recorded at batch shapes within it.
             recognizer.use_graphs(max_frames=min(MAX_GRAPH_FRAMES, budget.max_frames))
         self._recognizer = recognizer
-        self._scheduler = BatchScheduler(recognizer, budget, self._on_results, self._on_batch_error)
+        self._scheduler = BatchScheduler(
+            recognizer.in_two_parts, budget, self._on_results, self._on_batch_error
+        )
         self._warm_up(recognizer)
         self._scheduler.start()
         settings = PrepareSettings(
@@ -223,7 +225,7 @@ class FunasrTranscriber:
             log.error("unexpected worker message %r", message)
 
     def _on_results(self, key: str, items: list[tuple[int, SegmentText]]) -> None:
-        """From the scheduler thread."""
+        """From the scheduler's host thread."""
         job = self._job(key.split("#")[0])
         if job is None or job.key != key or job.future.done():
             return
@@ -276,6 +278,7 @@ class FunasrTranscriber:
                 mean_batch=round(s.segments / s.batches, 2) if s.batches else 0.0,
                 padding_efficiency=round(s.real_frames / s.padded_frames, 3) if s.padded_frames else 1.0,
                 gpu_busy_s=round(s.busy_s, 3),
+                host_busy_s=round(s.host_busy_s, 3),
                 pending_segments=self._scheduler.pending(),
                 batch_budget_frames=self._scheduler.budget.max_frames,
                 oom_splits=s.oom_splits,
