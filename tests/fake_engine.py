@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from asrfleet.config import InstanceConfig
@@ -65,7 +66,23 @@ class FakeEngine:
         barrier.wait(timeout=20)  # BrokenBarrierError if they never are inside together
 
     def stats(self) -> dict[str, object]:
-        return {"pid": os.getpid()}
+        return {"pid": os.getpid(), "threads": sorted(t.name for t in threading.enumerate())}
 
     def close(self) -> None:
         self._ready = False
+
+
+class FutureFakeEngine(FakeEngine):
+    """The same, with `submit()`: a future per transcription, as the Paraformer engine has.
+
+    refused.wav  refused by submit() itself (Busy), before any future exists
+    """
+
+    def __init__(self, config: InstanceConfig) -> None:
+        super().__init__(config)
+        self._pool = ThreadPoolExecutor(max_workers=16, thread_name_prefix="fake-engine")
+
+    def submit(self, path: Path, options: TranscribeOptions) -> Future:
+        if Path(path).stem == "refused":
+            raise Busy("full at submit", retry_after_s=3)
+        return self._pool.submit(self.transcribe, path, options)

@@ -48,17 +48,24 @@ class Admission:
 
     @contextmanager
     def admit(self) -> Iterator[None]:
+        self.enter()
+        try:
+            yield
+        finally:
+            self.leave()
+
+    def enter(self) -> None:
+        """Count one more transcription in, or raise `NotReady` / `Busy`; `leave()` when it is over."""
         if not self.ready:
             raise NotReady("the model is still loading; try again in a moment")
         with self._lock:
             if self.in_flight >= self.limit:
                 raise Busy(f"the instance is busy ({self.in_flight} requests in flight); retry shortly")
             self.in_flight += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.in_flight -= 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
 
 def display_name(model: str) -> str:

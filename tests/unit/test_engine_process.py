@@ -18,12 +18,13 @@ from asrfleet.engines.process import EngineProcess, EngineStopped, LoadFailed
 from asrfleet.errors import AsrError, BadAudio, Busy, NotReady
 
 ENGINE = "fake_engine:FakeEngine"
+FUTURE_ENGINE = "fake_engine:FutureFakeEngine"  # has submit(): answered from callbacks
 CONFIG = InstanceConfig(name="t", model="fake", vad_model=None, punc_model=None, max_queue=16)
 
 
-@pytest.fixture
-def engine():
-    engine = EngineProcess(CONFIG, ENGINE)
+@pytest.fixture(params=[ENGINE, FUTURE_ENGINE])
+def engine(request):
+    engine = EngineProcess(CONFIG, request.param)
     engine.load()
     yield engine
     engine.close()
@@ -56,6 +57,25 @@ def test_requests_run_together(engine):
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda _: call(engine, "meet-6"), range(6)))
     assert [r.text for r in results] == ["heard meet-6.wav"] * 6
+
+
+def test_an_engine_with_futures_is_answered_without_a_thread_per_request():
+    engine = EngineProcess(CONFIG, FUTURE_ENGINE)
+    engine.load()
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(lambda _: call(engine, "meet-6"), range(6)))
+        assert [r.text for r in results] == ["heard meet-6.wav"] * 6
+        with pytest.raises(Busy) as refused:
+            call(engine, "refused")
+        assert refused.value.retry_after_s == 3
+        with pytest.raises(AsrError) as bug:
+            call(engine, "bug")
+        assert type(bug.value) is AsrError and "internal detail" not in str(bug.value)
+        threads = engine.stats()["threads"]
+        assert not [name for name in threads if name.startswith("request")], threads
+    finally:
+        engine.close()
 
 
 def test_a_cancelled_call_leaves_the_others_and_the_pipe_alone(engine):

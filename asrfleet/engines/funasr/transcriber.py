@@ -3,7 +3,7 @@
 A request's life: `transcribe()` registers a job and hands the file to a worker process
 (`pool.py`); the worker's segments and features go to the scheduler, which batches them with
 everyone else's on the GPU; when a job's last segment is back, a punctuation thread assembles the
-transcript and wakes the request thread.
+transcript and completes the request's future.
 """
 
 from __future__ import annotations
@@ -186,20 +186,35 @@ class FunasrTranscriber:
         return self._admission.ready
 
     def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
-        with self._admission.admit():
+        return self.submit(path, options).result()
+
+    def submit(self, path: Path, options: TranscribeOptions) -> Future:
+        """Start a transcription; a future of its `Transcript`. No thread waits for it: the
+        engine process answers from the future's callback (`process.py`)."""
+        self._admission.enter()
+        try:
             if not Path(path).is_file():
                 raise BadRequest("the uploaded file is missing")
             job = _Job(job_id=uuid.uuid4().hex, path=Path(path))
             with self._lock:
                 self._jobs[job.job_id] = job
-            try:
-                self._pool.submit(job.job_id, job.path)
-                return job.future.result()
-            finally:
-                with self._lock:
-                    self._jobs.pop(job.job_id, None)
-                self._pool.forget(job.job_id)
-                self._scheduler.cancel(job.key)
+        except BaseException:
+            self._admission.leave()
+            raise
+        job.future.add_done_callback(lambda _: self._forget(job))
+        try:
+            self._pool.submit(job.job_id, job.path)
+        except Exception as err:  # e.g. the pool is closing: the job is over before it started
+            job.future.set_exception(err)
+        return job.future
+
+    def _forget(self, job: _Job) -> None:
+        """The job is over, done or failed: drop what the pool and the scheduler hold of it."""
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+        self._pool.forget(job.job_id)
+        self._scheduler.cancel(job.key)
+        self._admission.leave()
 
     def _job(self, job_id: str) -> _Job | None:
         with self._lock:
