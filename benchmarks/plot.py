@@ -3,8 +3,8 @@
     python -m benchmarks.plot benchmarks/results/one_gpu.json benchmarks/results/fleet.json \
         [more fleet runs ...] --out benchmarks/results/benchmarks.png
 
-The first fleet file gives "one instance" in the throughput panel; every fleet file gives its
-fleets' speed-ups, so that repeated runs show how much they vary.
+The first fleet file of each API (Gradio, /v1) gives "one instance" in the throughput panel;
+every fleet file gives its fleets' speed-ups, so that repeated runs show how much they vary.
 """
 
 from __future__ import annotations
@@ -37,6 +37,14 @@ def _fleet_runs(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict, dict]]:
     ]
 
 
+def _first_of_each_api(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The first fleet file given for each API: its "one instance" goes in the throughput panel."""
+    first: dict[str, tuple[str, dict]] = {}
+    for name, fleet in fleets:
+        first.setdefault(fleet.get("api", "gradio"), (name, fleet))
+    return list(first.values())
+
+
 def _one_instance(fleet: dict) -> float:
     """One instance, measured in the fleet run: the mean of every instance alone (older runs: one)."""
     return fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
@@ -63,14 +71,17 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
         names += [f"baseline\nc={c}", f"ours\nc={c}"]
         values += [_level(t["baseline"], c)["rtfx"], _level(t["ours"], c)["rtfx"]]
         colors += ["#999999", "#1f77b4"]
-    names += ["ours /v1\nc=32", "limit\n(ASR only)", "ours c=32\n(fleet run)"]
-    fleet_single = _one_instance(fleets[0][1])
-    values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"], fleet_single]
-    colors += ["#17becf", "#2ca02c", "#ff7f0e"]
+    names += ["ours /v1\nc=32", "limit\n(ASR only)"]
+    values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"]]
+    colors += ["#17becf", "#2ca02c"]
+    for name, fleet in _first_of_each_api(fleets):
+        names.append(f"one\ninstance\n{fleet['api']}\n({name})")
+        values.append(_one_instance(fleet))
+        colors.append("#ff7f0e")
     ax1.bar(names, values, color=colors)
     ax1.set_title(f"One {gpu}: audio seconds per wall second")
     ax1.set_ylabel("× real time")
-    ax1.tick_params(axis="x", labelsize=8)
+    ax1.tick_params(axis="x", labelsize=7)
     for i, v in enumerate(values):
         ax1.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
 
@@ -89,7 +100,7 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     ]
     targets = [8, 8, 0.6, 0.6]
     for name, fleet, run in _fleet_runs(fleets):
-        labels.append(f"fleet of {run['instances']}\n/ one\ninstance\n({name})")
+        labels.append(f"fleet of {run['instances']}\n/ one\ninstance\n{name}\n({fleet['api']})")
         speed.append(_fleet_speed_up(run, _one_instance(fleet)))
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
@@ -134,8 +145,8 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
 
 
 def _run_name(path: Path) -> str:
-    """A short bar label: fleet.json is the final run, fleet_session8_first.json "first"."""
-    return path.stem.rsplit("_", 1)[-1] if "_" in path.stem else "final"
+    """A short bar label: the file's name less "fleet_" (fleet_x2_v1.json: "x2_v1")."""
+    return path.stem.removeprefix("fleet_") if path.stem != "fleet" else path.name
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,9 @@
 
 An engine is anything that turns an audio file into a `Transcript`. The app calls `transcribe()`
 from many request threads at once; how an engine turns that concurrency into GPU batches is its
-own business. Adding an engine means one new module and one line in `asrfleet.engines.ENGINES`.
+own business. An engine may also offer `submit(path, options)`, a `concurrent.futures.Future` of
+the transcript, so that nothing has to wait in a thread of its own (`process.py` uses it).
+Adding an engine means one new module and one line in `asrfleet.engines.ENGINES`.
 """
 
 from __future__ import annotations

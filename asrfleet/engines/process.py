@@ -9,8 +9,9 @@ the GPU. The two talk over one pipe:
     child -> parent   ("loaded", model_name) | ("load_failed", message)
                       ("done", call_id, transcript_or_exception)
 
-The child runs each transcription in a thread of its own (the engine batches them), and exits
-when the pipe closes, so it never outlives its parent. If the child dies, every request in flight
+The child answers each transcription from its future's callback when the engine has `submit()`
+(the Paraformer engine), else from a thread of its own (the engine batches them either way), and
+exits when the pipe closes, so it never outlives its parent. If the child dies, every request in flight
 fails with a clear error and `wait_died()` returns, so the instance can exit and be restarted.
 """
 

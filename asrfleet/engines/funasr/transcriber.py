@@ -111,7 +111,7 @@ class FunasrTranscriber:
         self.device = pick_device(cfg.device)
         threads = set_threads(cfg.threads, self.device)
         set_gpu_wait(cfg.gpu_wait, self.device)
-        # The GPU thread shares the GIL with the request threads and the worker-result reader;
+        # The GPU thread shares the GIL with the host thread and the worker-result reader;
         # it gives the GIL up at every CUDA sync, and by default waits 5 ms to get it back.
         sys.setswitchinterval(0.0005)
         model, kwargs = AutoModel.build_model(
