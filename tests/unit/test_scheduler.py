@@ -99,13 +99,31 @@ def test_a_failing_batch_fails_its_request_not_the_scheduler():
 def test_a_failing_host_part_fails_its_request_not_the_scheduler():
     def recognize(feats):
         def finish():
-            raise KeyError("a token the tokenizer does not know")
+            if feats[0].shape[0] == 5:
+                raise KeyError("a token the tokenizer does not know")
+            return [SegmentText("fine", [])]
 
         return finish
 
-    got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), [(0, np.zeros((5, 4), np.float32))])
-    assert not got and isinstance(errors[0], KeyError)
-    assert s.stats.batches == 1
+    failed, answered = threading.Event(), threading.Event()
+    errors, got = [], {}
+    s = BatchScheduler(
+        recognize,
+        Budget(max_frames=10**6),
+        lambda key, items: (got.update({key: items}), answered.set()),
+        lambda key, err: (errors.append((key, err)), failed.set()),
+    )
+    s.start()
+    try:
+        s.add("bad", 1.0, [(0, np.zeros((5, 4), np.float32))])
+        assert failed.wait(10)
+        s.add("good", 1.0, [(0, np.zeros((6, 4), np.float32))])
+        assert answered.wait(10)
+    finally:
+        s.stop()
+    assert [(key, type(err)) for key, err in errors] == [("bad", KeyError)]
+    assert got == {"good": [(0, SegmentText("fine", []))]}
+    assert s.stats.batches == 2
 
 
 def test_the_gpu_runs_the_next_batch_while_the_host_finishes_the_last():

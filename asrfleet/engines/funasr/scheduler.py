@@ -14,9 +14,10 @@ batch from all pending segments of all requests:
 A batch has two parts: the GPU's (the forward pass, up to the copy of its results to the host)
 and the host's (each segment's text and timestamps, a few ms of Python a batch). The GPU thread
 does only the first and hands the second to a host thread, so the GPU starts on the next batch
-meanwhile: measured on an H200 under load, the GPU thread was busy 98 % of the time with the
-host's part in it, and the host's part is what slows down when the machine's other CPUs are busy.
-At most `_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits.
+meanwhile. Under load on an H200 the GPU thread was busy 97-98 % of the time with batches of about
+ten 5-second segments, whose host part takes about 5 ms on the CI machine's CPU; handing it over
+took one instance from 1 351x to 1 485x real time (`benchmarks/results/README.md`). At most
+`_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits.
 """
 
 from __future__ import annotations
@@ -154,20 +155,20 @@ class BatchScheduler:
 
     def _run_host(self) -> None:
         while (item := self._ran.get()) is not None:
-            batch, finish = item
-            started = time.perf_counter()
-            try:
-                results = finish()
-            except Exception as err:
-                self._fail(batch, err)
-                continue
-            finally:
-                self.stats.host_busy_s += time.perf_counter() - started
+            self._finish(*item)
+
+    def _finish(self, batch: list[_Segment], finish: Finish) -> None:
+        started = time.perf_counter()
+        try:
             by_key: dict[str, list[tuple[int, SegmentText]]] = {}
-            for seg, result in zip(batch, results, strict=True):
+            for seg, result in zip(batch, finish(), strict=True):
                 by_key.setdefault(seg.key, []).append((seg.index, result))
             for key, items in by_key.items():
                 self.on_results(key, items)
+        except Exception as err:  # as on the GPU thread: its requests fail, the thread goes on
+            self._fail(batch, err)
+        finally:
+            self.stats.host_busy_s += time.perf_counter() - started
 
     def _fail(self, batch: list[_Segment], err: Exception) -> None:
         log.error("a batch of %d segments failed", len(batch), exc_info=err)
