@@ -16,7 +16,6 @@ graphs (`graphs.py`) once `use_graphs()` is called.
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +28,7 @@ from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 
 from asrfleet.engines.funasr import cif, graphs
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
+from asrfleet.engines.funasr.token_times import token_times
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +128,7 @@ class Recognizer:
             alphas = self._timestamp_alphas(encoder_out, encoder_lens, token_lens, graphed_alphas)
         return OnHost(len(feats), tokens, host_token_lens, encoder_lens.cpu(), alphas)
 
-    @torch.inference_mode()  # FunASR's timestamp code updates the alphas in place
+    @torch.inference_mode()  # the timestamp code may rescale the alphas in place
     def texts(self, batch: OnHost) -> list[SegmentText]:
         """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
         if batch.tokens is None:
@@ -233,7 +233,6 @@ class Recognizer:
         stamps: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> SegmentText:
         from funasr.utils import postprocess_utils
-        from funasr.utils.timestamp_tools import ts_prediction_lfr6_standard
 
         m = self.model
         ids = [t for t in token_ids if t not in (m.eos, m.sos, m.blank_id)]
@@ -241,6 +240,6 @@ class Recognizer:
         if stamps is None:
             return SegmentText(self.tokenizer.tokens2text(tokens), [])
         n = int(encoder_lens[i]) * m.predictor.upsample_times
-        _, timestamp = ts_prediction_lfr6_standard(stamps[0][i][:n], stamps[1][i][:n], copy.copy(tokens))
+        timestamp = token_times(stamps[0][i][:n], stamps[1][i][:n], tokens)
         text, timestamps, _ = postprocess_utils.sentence_postprocess(tokens, timestamp)
         return SegmentText(text, timestamps)

@@ -15,7 +15,7 @@ A batch has two parts: the GPU's (the forward pass, up to the copy of its result
 and the host's (each segment's text and timestamps, a few ms of Python a batch). The GPU thread
 does only the first and hands the second to a host thread, so the GPU starts on the next batch
 meanwhile. Under load on an H200 the GPU thread was busy 97-98 % of the time with batches of about
-ten 5-second segments, whose host part takes about 5 ms on the CI machine's CPU; handing it over
+ten 5-second segments, whose host part takes a few ms on the CI machine's CPU; handing it over
 took one instance from 1 351x to 1 485x real time (`benchmarks/results/README.md`). At most
 `_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits.
 """
