@@ -105,6 +105,29 @@ def test_stage_times_add_up_to_each_request_s_time(ours, recordings):
     assert sum(spent.values()) == pytest.approx(total, abs=1e-3)
 
 
+def test_a_cancelled_request_is_let_go_and_the_next_ones_are_served(ours, recordings):
+    """A client that goes away cancels its future (the web app does, with the engine in its
+    process): the job is forgotten and gives its place back, and the next requests are served."""
+    cancelled = ours.submit(recordings[0], TranscribeOptions())
+    assert cancelled.cancel()
+    served = [ours.submit(path, TranscribeOptions()) for path in recordings[:3]]
+    assert all(f.result(timeout=120).text for f in served)
+    assert ours._admission.in_flight == 0 and not ours._jobs
+
+
+def test_a_job_cancelled_while_it_finishes_is_left_alone():
+    """The punctuation thread may finish a job whose client has just cancelled it."""
+    from concurrent.futures import Future
+
+    from asrfleet.engines.funasr.transcriber import _settle
+
+    future: Future = Future()
+    future.cancel()
+    _settle(future, "a transcript")  # no InvalidStateError
+    _settle(future, ValueError("late"))
+    assert future.cancelled()
+
+
 def test_audio_workers_yield_the_cpu_to_the_rest(ours):
     """Workers run below the process that serves requests and drives the GPU."""
     import os

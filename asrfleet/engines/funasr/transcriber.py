@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,7 +205,7 @@ class FunasrTranscriber:
         try:
             self._pool.submit(job.job_id, job.path)
         except Exception as err:  # e.g. the pool is closing: the job is over before it started
-            job.future.set_exception(err)
+            _settle(job.future, err)
         return job.future
 
     def _forget(self, job: _Job) -> None:
@@ -232,7 +232,7 @@ class FunasrTranscriber:
             items = [(message.first_index + i, f) for i, f in enumerate(message.feats)]
             self._scheduler.add(job.key, job.duration, items)
         elif isinstance(message, Failed):
-            job.future.set_exception(message.error)
+            _settle(job.future, message.error)
         elif isinstance(message, Retrying):
             self._scheduler.cancel(job.key)
             job.attempt += 1
@@ -251,8 +251,8 @@ class FunasrTranscriber:
 
     def _on_batch_error(self, key: str, err: BaseException) -> None:
         job = self._job(key.split("#")[0])
-        if job is not None and not job.future.done():
-            job.future.set_exception(AsrError("recognition failed on the server; the error is logged"))
+        if job is not None:
+            _settle(job.future, AsrError("recognition failed on the server; the error is logged"))
 
     def _finish(self, job: _Job) -> None:
         try:
@@ -268,13 +268,13 @@ class FunasrTranscriber:
                 timings={"total_s": done - job.started},
             )
         except AsrError as err:
-            job.future.set_exception(err)
+            _settle(job.future, err)
         except Exception:
             log.exception("assembling the transcript of job %s failed", job.job_id)
-            job.future.set_exception(AsrError("assembling the transcript failed; the error is logged"))
+            _settle(job.future, AsrError("assembling the transcript failed; the error is logged"))
         else:
             self._stages.add(job, done)
-            job.future.set_result(transcript)
+            _settle(job.future, transcript)
 
     # -- the rest --------------------------------------------------------------------------------
 
@@ -314,9 +314,20 @@ class FunasrTranscriber:
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
-            if not job.future.done():
-                job.future.set_exception(Busy("the instance is shutting down; retry on another"))
+            _settle(job.future, Busy("the instance is shutting down; retry on another"))
         self._finisher.shutdown(wait=False)
+
+
+def _settle(future: Future, outcome: object) -> None:
+    """Complete a job's future, unless it is complete already: another thread failed it first, or
+    (an engine in the web process) the client went away and the web app cancelled it."""
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except InvalidStateError:
+        pass
 
 
 def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str, share: float = 0.5) -> Budget:
