@@ -77,6 +77,7 @@ def _add_health_routes(
                 "model": transcriber.model_name,
                 "active_requests": activity.active,
                 "idle_s": round(activity.idle_s(), 2),
+                "pending_uploads": activity.pending_uploads(),
                 "stats": transcriber.stats(),
             }
             return JSONResponse(body)

@@ -53,5 +53,7 @@ def port_in_use(host: str, port: int) -> bool:
 
 
 def is_quiet(readiness: Readiness, quiet_s: float) -> bool:
-    """No request in flight and none for `quiet_s` seconds: safe to stop."""
-    return readiness.detail.get("active_requests", 0) == 0 and readiness.detail.get("idle_s", 0) >= quiet_s
+    """No request in flight, none for `quiet_s` seconds, and no upload waiting for its request to
+    start (a Gradio client uploads first, then joins the queue): safe to stop."""
+    d = readiness.detail
+    return d.get("active_requests", 0) == 0 and d.get("idle_s", 0) >= quiet_s and not d.get("pending_uploads")

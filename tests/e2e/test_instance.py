@@ -218,3 +218,17 @@ def test_an_hour_long_recording_while_probes_answer_at_once(server, client, tmp_
     assert abs(details["duration"] - 3630) < 1
     assert len(details["sentences"]) > 100 and details["sentences"][-1]["end"] > 3500
     assert len(probes) > 10 and max(probes) < 1.0, f"slowest probe {max(probes):.2f} s"
+
+
+def test_an_upload_counts_as_work_until_its_request_starts(server, client, meeting, tmp_path):
+    """The launcher drains an instance until /readyz says nothing waits: a Gradio client's upload
+    and the queue/join that follows are two requests, and a restart between them would lose it."""
+    transcribe(client, meeting)
+    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 0
+    note = tmp_path / "note.txt"  # not audio: test_no_uploads_are_left_behind looks for audio
+    note.write_text("an upload whose request never comes")
+    with note.open("rb") as f:
+        httpx.post(server["url"] + "/gradio_api/upload", files={"files": f}).raise_for_status()
+    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 1
+    transcribe(client, meeting)  # its join takes the oldest waiting upload, then its own is waiting
+    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 1
