@@ -21,8 +21,9 @@ COOKIE = "asr_route"
 _NOT_WORK = ("/healthz", "/readyz", "/gradio_api/heartbeat/")
 _UPLOAD = "/gradio_api/upload"
 _STARTS = ("/gradio_api/queue/join", "/gradio_api/call/")  # a Gradio event starts: the queue, REST
-# An upload whose event has not started by then counts as abandoned (the instance keeps an upload
-# for about as long; see instances/service.py).
+# An upload whose event has not started by then counts as abandoned: a client joins the queue
+# moments after its upload, and a browser whose user has not pressed Transcribe within this long
+# must not hold up a restart for longer (its upload stays in Gradio's cache either way).
 UPLOAD_WAIT_S = 10.0
 
 
