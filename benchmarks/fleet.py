@@ -22,8 +22,9 @@ drift. "vs_one_instance" compares with the mean of every measurement alone in th
 
 The same recordings everywhere, repeated --repeat times per instance, so that every measurement
 lasts about as long (a short one weighs its ramp at start and end more). Each measurement
-follows an uncounted warm-up of 2 x its concurrency requests, and reports the CPU seconds of
-every role (`benchmarks/cpu.py`) and what each instance's GPU thread did.
+follows an uncounted warm-up (4 x its concurrency requests, again while they record a new CUDA
+graph, up to 3 times), and reports the CPU seconds of every role (`benchmarks/cpu.py`) and what
+each instance's GPU thread did, counted from the moment every client process is ready.
 
 These hosts are virtual machines that share physical CPUs with other tenants. When the
 hypervisor took more than --max-steal of the host's CPU time during a measurement (/proc/stat's
@@ -119,20 +120,27 @@ def stage_ms(before: dict | None, after: dict | None) -> dict[str, float]:
     return {stage: round(1000 * (after[stage] - before[stage]) / requests, 1) for stage in stages}
 
 
-def warm_up(members: list[int], recordings: list, concurrency: int, procs: int, api: str) -> list[int]:
-    """Send the recordings through nginx, to all instances at once, until a pass records no new
-    CUDA graph anywhere (at most 5 passes); the graphs each instance recorded."""
+def graph_counts(members: list[int]) -> list[int]:
+    return [stats.get("cuda_graphs", 0) for stats in instance_stats(members)]
 
-    def graphs() -> list[int]:
-        return [stats.get("cuda_graphs", 0) for stats in instance_stats(members)]
 
-    first = graphs()
-    for _ in range(5):
-        before = graphs()
-        load.run(NGINX_URL, recordings, [concurrency], api=api, procs=procs)
-        if graphs() == before:
+def warm_up(
+    members: list[int], url: str, recordings: list, concurrency: int, procs: int, api: str, passes: int
+) -> list[int]:
+    """Send the recordings at `concurrency`, again while a pass records a new CUDA graph in any
+    member (at most `passes` passes); the graphs each member recorded.
+
+    Before every measurement too: a configuration meets batch shapes that the others did not (an
+    instance's batches alone differ from its batches in the fleet), and each recording costs about
+    0.1 s, 1-2 % of a measurement (session 10: 5 to 11 of them during the first measurements alone,
+    after the fleet's warm-up)."""
+    first = graph_counts(members)
+    for _ in range(passes):
+        before = graph_counts(members)
+        load.run(url, recordings, [concurrency], api=api, procs=procs)
+        if graph_counts(members) == before:
             break
-    return [after - start for after, start in zip(graphs(), first, strict=True)]
+    return [after - start for after, start in zip(graph_counts(members), first, strict=True)]
 
 
 def disturbed(stolen: float, limit: float) -> str:
@@ -254,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(config: str, members: list[int], url: str) -> None:
         users = c * len(members)
-        load.run(url, recordings[: 2 * users], [users], api=args.api, procs=args.procs)  # warm-up
+        graphs = warm_up(members, url, recordings[: 4 * users], users, args.procs, args.api, passes=3)
         for attempt in range(1 + args.retries):
             run = measure_once(config, members, url, users)
+            run["warm_up_graphs"] = graphs
             result["runs"].append(run)
             print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
             stolen = run["cpu_s"]["host_steal_share"]
@@ -267,9 +276,14 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure_once(config: str, members: list[int], url: str, users: int) -> dict:
         workload = recordings * len(members)
-        before, cpu_before = instance_stats(members), cpu.snapshot()
-        measured = load.run(url, workload, [users], api=args.api, procs=args.procs)
+        start: dict = {}
+
+        def started() -> None:  # as the clients start, after their processes have imported
+            start["stats"], start["cpu"] = instance_stats(members), cpu.snapshot()
+
+        measured = load.run(url, workload, [users], api=args.api, procs=args.procs, on_start=started)
         cpu_after = cpu.snapshot()
+        before, cpu_before = start["stats"], start["cpu"]
         cpu_used = cpu.used(cpu_before, cpu_after)
         wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": len(members), **measured}
@@ -290,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.client_cpus:
             result["client_cpus"] = confine_clients(args.client_cpus)
         result["warm_up_graphs"] = warm_up(
-            everyone, distinct * args.gpus, c * args.gpus, args.procs, args.api
+            everyone, NGINX_URL, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
         )
         measure_alone(everyone)
         measure(f"fleet of {args.gpus} via nginx", everyone, NGINX_URL)

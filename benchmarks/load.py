@@ -20,6 +20,7 @@ import ssl
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -27,6 +28,8 @@ import aiohttp
 
 from benchmarks.gradio_protocol import GradioEvent, file_form, new_session
 from benchmarks.workload import Recording, collect, total_s
+
+_START_TIMEOUT_S = 120.0  # for every client process to start and import
 
 
 @dataclass
@@ -80,29 +83,50 @@ async def _run_users(
     return samples
 
 
-def _process_main(url, api, recordings, users, timeout, start_at, out_queue) -> None:
-    time.sleep(max(0.0, start_at - time.time()))  # every process starts together
+def _process_main(url, api, recordings, users, timeout, ready, out_queue) -> None:
+    ready.wait()  # every process starts together, once all of them have imported
     samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
     out_queue.put([asdict(s) for s in samples])
 
 
-def run_level(url: str, api: str, recordings: list[Recording], concurrency: int, procs: int, timeout: float):
-    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds)."""
+def run_level(
+    url: str,
+    api: str,
+    recordings: list[Recording],
+    concurrency: int,
+    procs: int,
+    timeout: float,
+    on_start: Callable[[], None] | None = None,
+) -> tuple[list[Sample], float]:
+    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds).
+
+    The clock starts when every process has started and imported (a barrier), not after a fixed
+    delay: on a busy host the imports of 16 processes can take seconds, and a process still
+    importing would both start its users late and take CPU from what is measured. `on_start` is
+    called at that moment, for the caller's own counters (CPU seconds, the engines' stats)."""
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 3.0  # time for the processes to import
+    ready = ctx.Barrier(procs + 1)
     workers = []
     for p in range(procs):
         share = recordings[p::procs]
         users = concurrency // procs + (1 if p < concurrency % procs else 0)
-        workers.append(
-            ctx.Process(target=_process_main, args=(url, api, share, users, timeout, start_at, out))
-        )
+        workers.append(ctx.Process(target=_process_main, args=(url, api, share, users, timeout, ready, out)))
     for w in workers:
         w.start()
+    try:
+        ready.wait(timeout=_START_TIMEOUT_S)
+    except threading.BrokenBarrierError:
+        for w in workers:
+            w.kill()
+        late = f"the load generator's processes did not start within {_START_TIMEOUT_S:.0f} s"
+        raise RuntimeError(late) from None
+    if on_start is not None:
+        on_start()
+    started = time.perf_counter()
     samples = [Sample(**s) for _ in workers for s in out.get()]
-    wall = time.time() - start_at
+    wall = time.perf_counter() - started
     for w in workers:
         w.join()
     return samples, wall
@@ -229,11 +253,13 @@ def run(
     procs: int = 1,
     timeout: float = 3600.0,
     label: str = "",
+    on_start: Callable[[], None] | None = None,
 ) -> dict:
+    """Every level in turn; `on_start` is called as each level's clients start (see run_level)."""
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
-            samples, wall = run_level(url, api, recordings, concurrency, procs, timeout)
+            samples, wall = run_level(url, api, recordings, concurrency, procs, timeout, on_start)
         level = summarize(samples, wall, concurrency, gpu.by_process())
         print(
             f"{label or url} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "

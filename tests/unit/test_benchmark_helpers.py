@@ -109,3 +109,78 @@ def test_engine_deltas_report_both_threads_busy_shares():
     assert (delta["batches"], delta["mean_batch"], delta["graphs_recorded"]) == (20, 10.0, 1)
     assert (delta["gpu_thread_busy_share"], delta["host_thread_busy_share"]) == (0.95, 0.25)
     assert old["host_thread_busy_share"] is None  # an engine from before the host thread
+
+
+def test_warm_up_repeats_while_a_pass_records_a_new_graph(monkeypatch):
+    from benchmarks import fleet
+
+    # at the start; before and after pass 1 (a graph recorded); before and after pass 2; at the end
+    counts = iter([[5, 5], [5, 5], [7, 5], [7, 5], [7, 5], [7, 5]])
+    monkeypatch.setattr(fleet, "graph_counts", lambda members: next(counts))
+    passes = []
+    monkeypatch.setattr(fleet.load, "run", lambda *a, **k: passes.append(a))
+    assert fleet.warm_up([0, 1], "url", [], 4, 1, "openai", passes=3) == [2, 0]
+    assert len(passes) == 2
+
+
+def test_warm_up_stops_after_its_passes_even_while_graphs_are_recorded(monkeypatch):
+    from benchmarks import fleet
+
+    graphs = iter(range(100))
+    monkeypatch.setattr(fleet, "graph_counts", lambda members: [next(graphs)])
+    passes = []
+    monkeypatch.setattr(fleet.load, "run", lambda *a, **k: passes.append(a))
+    fleet.warm_up([0], "url", [], 4, 1, "openai", passes=3)
+    assert len(passes) == 3
+
+
+def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
+    """No request reaches the server before `on_start`, however long the processes took to start."""
+    import asyncio
+    import threading
+    import time
+
+    from aiohttp import web
+
+    from benchmarks import load
+    from benchmarks.workload import Recording
+
+    arrivals: list[float] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        arrivals.append(time.perf_counter())
+        await request.read()
+        return web.json_response({"text": ""})
+
+    app = web.Application()
+    app.router.add_post("/v1/audio/transcriptions", answer)
+    runner = web.AppRunner(app)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = site._server.sockets[0].getsockname()[1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    started: list[float] = []
+    called = time.perf_counter()
+    try:
+        samples, wall = load.run_level(
+            f"http://127.0.0.1:{port}",
+            "openai",
+            [Recording(audio, 1.0)] * 6,
+            concurrency=3,
+            procs=3,
+            timeout=30,
+            on_start=lambda: started.append(time.perf_counter()),
+        )
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    assert len(started) == 1 and len(samples) == 6 and not [s for s in samples if s.error]
+    assert min(arrivals) >= started[0]
+    assert 0 < wall <= time.perf_counter() - started[0]
+    # the processes' start and imports (most of the call) are outside the measured wall time
+    assert wall < (time.perf_counter() - called) / 2
