@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
+from asrfleet.engines.funasr import vad_frames
 from asrfleet.engines.funasr.features import FbankReuse, build_frontend
 from asrfleet.errors import NoSpeech
 
@@ -67,6 +68,7 @@ class Preparer:
             disable_pbar=True,
             disable_log=True,
         )
+        vad_frames.install(self.vad.model)
         self.frontend = build_frontend(settings.asr_dir)
         self.fbank = FbankReuse(self.vad, self.frontend, max_seconds=settings.reuse_fbank_s)
         self.fbank.check(self.find_speech)
