@@ -19,7 +19,8 @@ FRAMES = 60
 def vad(vad_dir):
     from funasr import AutoModel
 
-    return AutoModel(model=str(vad_dir), device="cpu", disable_update=True, disable_pbar=True, disable_log=True)
+    quiet = {"disable_update": True, "disable_pbar": True, "disable_log": True}
+    return AutoModel(model=str(vad_dir), device="cpu", **quiet)
 
 
 def _case(model: torch.nn.Module, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict:
