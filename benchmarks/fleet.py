@@ -98,6 +98,7 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
+                "graphs_borrowed": a.get("graphs_borrowed", 0) - b.get("graphs_borrowed", 0),
                 "stage_ms_per_request": stage_ms(b.get("stage_s"), a.get("stage_s")),
             }
         )
@@ -343,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    waited for a CPU (s): {run['run_queue_wait_s']}", flush=True)
         threads = [
             f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
-            f"host thread {e.get('host_thread_busy_share') or 0:.0%}"
+            f"host thread {e.get('host_thread_busy_share') or 0:.0%}, "
+            f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}"
             for e in run.get("engines", [])
         ]
         print(f"    busy (per instance): {'; '.join(threads)}", flush=True)

@@ -104,9 +104,11 @@ def test_engine_stage_times_become_milliseconds_a_request():
 def test_engine_deltas_report_both_threads_busy_shares():
     before = {"batches": 10, "segments": 40, "gpu_busy_s": 1.0, "host_busy_s": 0.2, "cuda_graphs": 5}
     after = {"batches": 30, "segments": 240, "gpu_busy_s": 2.9, "host_busy_s": 0.7, "cuda_graphs": 6}
+    before["graphs_borrowed"], after["graphs_borrowed"] = 3, 7
     older_engine = {k: v for k, v in after.items() if k != "host_busy_s"}
     [delta, old] = engine_deltas([before, before], [after, older_engine], wall_s=2.0)
     assert (delta["batches"], delta["mean_batch"], delta["graphs_recorded"]) == (20, 10.0, 1)
+    assert delta["graphs_borrowed"] == 4
     assert (delta["gpu_thread_busy_share"], delta["host_thread_busy_share"]) == (0.95, 0.25)
     assert old["host_thread_busy_share"] is None  # an engine from before the host thread
 

@@ -83,3 +83,39 @@ def test_batches_over_the_frame_limit_run_eagerly(model_and_tokenizer):
     assert bucketed(small[:1]) == eager(small[:1])
     assert bucketed(large) == eager(large)
     assert bucketed.graphs.stats.eager == 1
+
+
+def test_a_shape_borrows_the_smallest_larger_recorded_graph():
+    recorded = [("encode", 16, 320), ("encode", 12, 128), ("encode", 8, 96), ("decode", 12, 128, 32)]
+    assert graphs.larger_recorded(("encode", 8, 96), recorded) == ("encode", 8, 96)
+    assert graphs.larger_recorded(("encode", 8, 80), recorded) == ("encode", 8, 96)
+    assert graphs.larger_recorded(("encode", 12, 96), recorded) == ("encode", 12, 128)
+    assert graphs.larger_recorded(("encode", 12, 96), recorded, up_to=1.2) is None  # too much padding
+    assert graphs.larger_recorded(("encode", 24, 64), recorded) is None  # more segments than any
+    assert graphs.larger_recorded(("decode", 8, 96, 16), recorded) is None  # 4 times the size
+    assert graphs.larger_recorded(("decode", 8, 96, 16), recorded, up_to=4) == ("decode", 12, 128, 32)
+    assert graphs.larger_recorded(("decode", 12, 128, 48), recorded) is None  # more tokens
+
+
+def test_a_shape_that_keeps_coming_gets_its_own_graph(model_and_tokenizer):
+    model, _ = model_and_tokenizer
+    model_graphs = graphs.GraphedModel(model, torch.device("cpu"), torch.no_grad, capture=False)
+    model_graphs._graphs[("encode", 16, 128)] = None  # as if recorded
+    own = ("encode", 12, 128)
+    chosen = [model_graphs._choose(own) for _ in range(graphs.RECORD_AFTER + 1)]
+    assert chosen[: graphs.RECORD_AFTER - 1] == [("encode", 16, 128)] * (graphs.RECORD_AFTER - 1)
+    assert chosen[graphs.RECORD_AFTER - 1 :] == [own, own]
+    assert model_graphs.stats.borrowed == graphs.RECORD_AFTER - 1
+
+
+def test_a_batch_run_at_a_borrowed_larger_shape_keeps_its_transcript(model_and_tokenizer, monkeypatch):
+    model, tokenizer = model_and_tokenizer
+    eager = Recognizer(model, tokenizer, "cpu")
+    borrowing = Recognizer(model, tokenizer, "cpu")
+    assert borrowing.use_graphs(max_frames=24 * 384, capture=False)
+    monkeypatch.setattr(graphs, "BORROW_UP_TO", 1000.0)
+    # as if recorded: shapes larger than every batch's own (segments, frames and tokens padded far)
+    borrowing.graphs._graphs.update({("encode", 24, 384): None, ("decode", 24, 384, 384): None})
+    for feats in batches():
+        assert borrowing(feats) == eager(feats)
+    assert borrowing.graphs.stats.borrowed == 2 * len(batches())  # the encoder's and the decoder's

@@ -301,7 +301,12 @@ class FunasrTranscriber:
         graphs = self._recognizer.graphs if self._recognizer is not None else None
         if graphs is not None:
             g = graphs.stats
-            out.update(cuda_graphs=graphs.recorded, graph_replays=g.replayed, eager_batches=g.eager)
+            out.update(
+                cuda_graphs=graphs.recorded,
+                graph_replays=g.replayed,
+                graphs_borrowed=g.borrowed,
+                eager_batches=g.eager,
+            )
         out.update(gpu_memory(self.device))
         return out
 
