@@ -63,7 +63,7 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     t = one["throughput"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 5.6))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 6.8))
     gpu = one["hardware"]["gpus"][0]
 
     names, values, colors = [], [], []
@@ -100,7 +100,7 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     ]
     targets = [8, 8, 0.6, 0.6]
     for name, fleet, run in _fleet_runs(fleets):
-        labels.append(f"fleet of {run['instances']}\n/ one\ninstance\n{name}\n({fleet['api']})")
+        labels.append(f"{run['instances']} / 1, {name} ({fleet['api']})")
         speed.append(_fleet_speed_up(run, _one_instance(fleet)))
         targets.append(3.7 if run["instances"] == 4 else 1.9)
     bars = ax2.bar(
@@ -112,7 +112,9 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
         ax2.text(x + bar.get_width() / 2, value, f"{value:.2f}×", ha="center", va="bottom", fontsize=8)
     ax2.set_yscale("log")
     ax2.set_title("Speed-up (red: target)")
-    ax2.tick_params(axis="x", labelsize=6)
+    ax2.tick_params(axis="x", labelsize=7)
+    # fleet bars: "N / 1" is the fleet of N against one instance, then the run's file and its API
+    plt.setp(ax2.get_xticklabels(), rotation=60, ha="right", rotation_mode="anchor")
 
     long = one["long_recording"]
     mem_names = [
