@@ -6,11 +6,12 @@ Also, by role, how long its threads waited for a CPU while ready to run (the sch
 queue, /proc/PID/task/TID/schedstat): CPU seconds say how much work a role did, the wait says
 whether the host kept it from doing more. Roles follow the process tree: an instance's web
 server (`python -m instances`), its engine process (the web server's child), the engine's audio
-workers (its children), nginx, supervisord, and the load generator (this process and the client
-processes it started and reaped). Also the host's busy share over the interval, from /proc/stat,
-and its steal share: in a virtual machine, the time its CPUs were ready to run but the hypervisor
-ran something else. Stolen time shows up in neither a process's CPU seconds nor its run-queue
-wait, only as a process that did less per wall second.
+workers (its children), nginx, supervisord, and the load generator: this process here; its
+client processes report their own CPU from the moment they start sending (`load.run_level`),
+since what the kernel reports for reaped children includes their start-up. Also the host's busy
+share over the interval, from /proc/stat, and its steal share: in a virtual machine, the time its
+CPUs were ready to run but the hypervisor ran something else. Stolen time shows up in neither a
+process's CPU seconds nor its run-queue wait, only as a process that did less per wall second.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class Snapshot:
     at: float
     by_pid: dict[int, tuple[str, float]]  # pid -> (role, CPU seconds so far)
     waits: dict[int, tuple[float, float]]  # pid -> (main thread's, all threads') run-queue seconds
-    load_generator: float  # this process and its reaped children
+    load_generator: float  # this process (its clients report their own: see the module's doc)
     host_busy: float  # busy jiffies, stolen ones included
     host_total: float
     host_steal: float = 0.0  # jiffies the hypervisor took from this machine's CPUs
@@ -110,7 +111,7 @@ def snapshot() -> Snapshot:
         at=time.monotonic(),
         by_pid={pid: (role, procs[pid][2]) for pid, role in roles.items()},
         waits={pid: _run_queue_waits(pid) for pid in roles},
-        load_generator=mine.user + mine.system + mine.children_user + mine.children_system,
+        load_generator=mine.user + mine.system,
         host_busy=busy,
         host_total=total,
         host_steal=steal,

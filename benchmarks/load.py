@@ -85,8 +85,9 @@ async def _run_users(
 
 def _process_main(url, api, recordings, users, timeout, ready, out_queue) -> None:
     ready.wait()  # every process starts together, once all of them have imported
+    cpu = time.process_time()
     samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
-    out_queue.put([asdict(s) for s in samples])
+    out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu))
 
 
 def run_level(
@@ -97,8 +98,9 @@ def run_level(
     procs: int,
     timeout: float,
     on_start: Callable[[], None] | None = None,
-) -> tuple[list[Sample], float]:
-    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds).
+) -> tuple[list[Sample], float, float]:
+    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds,
+    the client processes' CPU seconds from their start to their end, without their imports).
 
     The clock starts when every process has started and imported (a barrier), not after a fixed
     delay: on a busy host the imports of 16 processes can take seconds, and a process still
@@ -125,11 +127,16 @@ def run_level(
     if on_start is not None:
         on_start()
     started = time.perf_counter()
-    samples = [Sample(**s) for _ in workers for s in out.get()]
+    samples: list[Sample] = []
+    client_cpu = 0.0
+    for _ in workers:
+        done, cpu = out.get()
+        samples += [Sample(**s) for s in done]
+        client_cpu += cpu
     wall = time.perf_counter() - started
     for w in workers:
         w.join()
-    return samples, wall
+    return samples, wall, client_cpu
 
 
 # -- GPU memory ------------------------------------------------------------------------------------
@@ -259,8 +266,9 @@ def run(
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
-            samples, wall = run_level(url, api, recordings, concurrency, procs, timeout, on_start)
+            samples, wall, client_cpu = run_level(url, api, recordings, concurrency, procs, timeout, on_start)
         level = summarize(samples, wall, concurrency, gpu.by_process())
+        level["client_cpu_s"] = round(client_cpu, 2)
         print(
             f"{label or url} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
             f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
