@@ -7,10 +7,12 @@ through nginx to all instances at once until a pass records no new CUDA graph an
 batch of a new shape records one, about 0.1 s; the measurements are of the steady state). Then:
 
 * every instance alone, directly on its port, at concurrency C;
-* the fleet through nginx at C x N, then every instance alone again;
-* for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2, and instances 0 and 1
-  measured alone again; then it is reconciled to 1 and measured through nginx at C (what the
-  nginx hop costs).
+* the fleet through nginx at C x N; the same instances at once without nginx, the clients split
+  evenly over their ports (so the host's share of a fleet's loss shows apart from nginx's); then
+  every instance alone again;
+* for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2 (through nginx, then
+  directly), and instances 0 and 1 measured alone again; then it is reconciled to 1 and measured
+  through nginx at C (what the nginx hop costs).
 
 One instance's throughput is the mean of every measurement of an instance alone: on a shared host the
 instances differ (by up to 30 % in session 5, from where the scheduler put their processes), and a
@@ -126,7 +128,13 @@ def graph_counts(members: list[int]) -> list[int]:
 
 
 def warm_up(
-    members: list[int], url: str, recordings: list, concurrency: int, procs: int, api: str, passes: int
+    members: list[int],
+    url: str | list[str],
+    recordings: list,
+    concurrency: int,
+    procs: int,
+    api: str,
+    passes: int,
 ) -> list[int]:
     """Send the recordings at `concurrency`, again while a pass records a new CUDA graph in any
     member (at most `passes` passes); the graphs each member recorded.
@@ -228,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.procs % args.gpus or (args.gpus >= 4 and args.procs % 2):
+        p.error(
+            "--procs must be a multiple of --gpus (and of 2 from 4 GPUs), so that the measurements "
+            "without nginx give every instance as many client processes"
+        )
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model = build_model(args.work, args.size)
@@ -261,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [],
     }
 
-    def measure(config: str, members: list[int], url: str) -> None:
+    def measure(config: str, members: list[int], url: str | list[str]) -> None:
         users = c * len(members)
         graphs = warm_up(members, url, recordings[: 4 * users], users, args.procs, args.api, passes=3)
         for attempt in range(1 + args.retries):
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             run["superseded"] = disturbed(stolen, args.max_steal)
             print(f"{config}: {run['superseded']}", flush=True)
 
-    def measure_once(config: str, members: list[int], url: str, users: int) -> dict:
+    def measure_once(config: str, members: list[int], url: str | list[str], users: int) -> dict:
         workload = recordings * len(members)
         start: dict = {}
 
@@ -301,6 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         for i in members:
             measure(f"instance {i} alone (direct)", [i], instance_url(i))
 
+    def measure_fleet(members: list[int]) -> None:
+        measure(f"fleet of {len(members)} via nginx", members, NGINX_URL)
+        # The same instances at once without nginx, the clients split evenly over their ports:
+        # what the fleet loses to sharing the host, apart from what it loses to the nginx hop.
+        measure(f"{len(members)} instances at once (direct)", members, [instance_url(i) for i in members])
+
     everyone = list(range(args.gpus))
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
@@ -310,11 +329,11 @@ def main(argv: list[str] | None = None) -> int:
             everyone, NGINX_URL, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
         )
         measure_alone(everyone)
-        measure(f"fleet of {args.gpus} via nginx", everyone, NGINX_URL)
+        measure_fleet(everyone)
         measure_alone(everyone)  # after the fleet too: the host's speed drifts (see above)
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
-            measure("fleet of 2 via nginx", [0, 1], NGINX_URL)
+            measure_fleet([0, 1])
             measure_alone([0, 1])
         if args.gpus >= 2:
             launcher("--instances", "1", *common)

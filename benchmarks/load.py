@@ -83,15 +83,16 @@ async def _run_users(
     return samples
 
 
-def _process_main(url, api, recordings, users, timeout, ready, out_queue) -> None:
-    ready.wait()  # every process starts together, once all of them have imported
+def _process_main(url, api, recordings, users, timeout, ready, go, out_queue) -> None:
+    ready.wait()  # every process has imported
+    go.wait()  # and the caller has read its counters: every process starts together
     cpu = time.process_time()
     samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
     out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu))
 
 
 def run_level(
-    url: str,
+    url: str | list[str],
     api: str,
     recordings: list[Recording],
     concurrency: int,
@@ -105,16 +106,25 @@ def run_level(
     The clock starts when every process has started and imported (a barrier), not after a fixed
     delay: on a busy host the imports of 16 processes can take seconds, and a process still
     importing would both start its users late and take CPU from what is measured. `on_start` is
-    called at that moment, for the caller's own counters (CPU seconds, the engines' stats)."""
+    called just before, with every process ready and none sending yet, for the caller's own
+    counters (CPU seconds, the engines' stats), however long reading them takes.
+
+    Several URLs: process p sends to urls[p % len(urls)], so with `procs` a multiple of their
+    number every URL gets the same users (the fleet benchmark's instances without nginx)."""
+    urls = [url] if isinstance(url, str) else url
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
     ready = ctx.Barrier(procs + 1)
+    go = ctx.Event()
     workers = []
     for p in range(procs):
         share = recordings[p::procs]
         users = concurrency // procs + (1 if p < concurrency % procs else 0)
-        workers.append(ctx.Process(target=_process_main, args=(url, api, share, users, timeout, ready, out)))
+        target = urls[p % len(urls)]
+        workers.append(
+            ctx.Process(target=_process_main, args=(target, api, share, users, timeout, ready, go, out))
+        )
     for w in workers:
         w.start()
     try:
@@ -127,6 +137,7 @@ def run_level(
     if on_start is not None:
         on_start()
     started = time.perf_counter()
+    go.set()
     samples: list[Sample] = []
     client_cpu = 0.0
     for _ in workers:
@@ -253,7 +264,7 @@ def hardware() -> dict:
 
 
 def run(
-    url: str,
+    url: str | list[str],
     recordings: list[Recording],
     levels: list[int],
     api: str = "gradio",
@@ -263,6 +274,7 @@ def run(
     on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Every level in turn; `on_start` is called as each level's clients start (see run_level)."""
+    urls = [url] if isinstance(url, str) else url
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
@@ -270,7 +282,7 @@ def run(
         level = summarize(samples, wall, concurrency, gpu.by_process())
         level["client_cpu_s"] = round(client_cpu, 2)
         print(
-            f"{label or url} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
+            f"{label or ' '.join(urls)} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
             f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
             f"errors {level['errors']}/{level['requests']}",
             flush=True,

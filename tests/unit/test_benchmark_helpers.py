@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from contextlib import contextmanager
+
 from benchmarks.cpu import Snapshot, host_jiffies, used, waited
 from benchmarks.fleet import engine_deltas, stage_ms, summarise
 from benchmarks.host_cpus import speeds
@@ -136,16 +139,14 @@ def test_warm_up_stops_after_its_passes_even_while_graphs_are_recorded(monkeypat
     assert len(passes) == 3
 
 
-def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
-    """No request reaches the server before `on_start`, however long the processes took to start."""
+@contextmanager
+def transcription_server():
+    """A stand-in for an instance's `/v1/audio/transcriptions` on a free port, in a thread: its URL
+    and the times its requests arrived."""
     import asyncio
     import threading
-    import time
 
     from aiohttp import web
-
-    from benchmarks import load
-    from benchmarks.workload import Recording
 
     arrivals: list[float] = []
 
@@ -164,23 +165,33 @@ def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
     port = site._server.sockets[0].getsockname()[1]
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}", arrivals
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+
+def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
+    """No request reaches the server before `on_start` has returned, however long the processes
+    took to start and the caller took to read its counters."""
+    from benchmarks import load
+    from benchmarks.workload import Recording
+
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF")
     started: list[float] = []
     called = time.perf_counter()
-    try:
+    with transcription_server() as (url, arrivals):
         samples, wall, client_cpu = load.run_level(
-            f"http://127.0.0.1:{port}",
+            url,
             "openai",
             [Recording(audio, 1.0)] * 6,
             concurrency=3,
             procs=3,
             timeout=30,
-            on_start=lambda: started.append(time.perf_counter()),
+            on_start=lambda: (time.sleep(0.3), started.append(time.perf_counter())),
         )
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
     assert len(started) == 1 and len(samples) == 6 and not [s for s in samples if s.error]
     assert min(arrivals) >= started[0]
     assert 0 < wall <= time.perf_counter() - started[0]
@@ -188,3 +199,17 @@ def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
     assert 0 < client_cpu < 0.5
     # the processes' start and imports (most of the call) are outside the measured wall time
     assert wall < (time.perf_counter() - called) / 2
+
+
+def test_clients_split_evenly_over_several_urls(tmp_path):
+    from benchmarks import load
+    from benchmarks.workload import Recording
+
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    with transcription_server() as (first, to_first), transcription_server() as (second, to_second):
+        samples, _, _ = load.run_level(
+            [first, second], "openai", [Recording(audio, 1.0)] * 8, concurrency=4, procs=4, timeout=30
+        )
+    assert len(samples) == 8 and not [s for s in samples if s.error]
+    assert len(to_first) == len(to_second) == 4
