@@ -111,7 +111,7 @@ def run_level(
 
     Several URLs: process p sends to urls[p % len(urls)], so with `procs` a multiple of their
     number every URL gets the same users (the fleet benchmark's instances without nginx)."""
-    urls = [url] if isinstance(url, str) else url
+    urls = _as_list(url)
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -148,6 +148,10 @@ def run_level(
     for w in workers:
         w.join()
     return samples, wall, client_cpu
+
+
+def _as_list(url: str | list[str]) -> list[str]:
+    return [url] if isinstance(url, str) else url
 
 
 # -- GPU memory ------------------------------------------------------------------------------------
@@ -274,7 +278,6 @@ def run(
     on_start: Callable[[], None] | None = None,
 ) -> dict:
     """Every level in turn; `on_start` is called as each level's clients start (see run_level)."""
-    urls = [url] if isinstance(url, str) else url
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
@@ -282,7 +285,7 @@ def run(
         level = summarize(samples, wall, concurrency, gpu.by_process())
         level["client_cpu_s"] = round(client_cpu, 2)
         print(
-            f"{label or ' '.join(urls)} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
+            f"{label or ' '.join(_as_list(url))} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
             f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
             f"errors {level['errors']}/{level['requests']}",
             flush=True,
