@@ -1,4 +1,5 @@
-"""`vad_frames.frame_state` decides every frame as FunASR's `GetFrameState` does (real fsmn-vad)."""
+"""`vad_frames` decides every frame, moves the detector and keeps its waveform buffer as FunASR's
+`FsmnVADStreaming` does (the real fsmn-vad)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from asrfleet.audio import AudioLimits, decode_audio
 from asrfleet.engines.funasr import vad_frames
 from asrfleet.random_models import random_audio
 
@@ -95,16 +97,156 @@ def test_every_branch_is_taken(vad, monkeypatch):
     assert len(seen) == 8 and min(seen.values()) > 0, seen
 
 
-def test_whole_recordings_keep_their_segments(vad):
-    """Short ones, and one over the VAD's 60 s chunk, whose scores FunASR concatenates chunk by chunk."""
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("dropped", [0, 7])
+def test_a_block_is_decided_as_funasr_decides_it_frame_by_frame(vad, seed, dropped, monkeypatch):
+    """`block_states` over a block gives each frame's `GetFrameState`, and leaves the same noise
+    level; frames already dropped shift where the block is read, frames past the end are silence."""
     from funasr.models.fsmn_vad_streaming.model import FsmnVADStreaming
 
-    recordings = [random_audio(seconds, seed) for seed, seconds in enumerate((4.0, 11.0, 130.0))]
-    vad.model.GetFrameState = FsmnVADStreaming.GetFrameState.__get__(vad.model)
-    theirs = [vad.generate(input=samples)[0]["value"] for samples in recordings]
+    model = vad.model
+    theirs = _case(model, seed, monkeypatch)
+    theirs["stats"].last_drop_frames = dropped
+    ours = copy.deepcopy(theirs)
+    first, count = dropped + 3, FRAMES
+    expected = [
+        FsmnVADStreaming.GetFrameState(model, first + k - dropped, cache=theirs) for k in range(count)
+    ]
+    states = vad_frames.block_states(model, ours["stats"], first, count)
+    if model.vad_opts.output_frame_probs:  # FunASR collects probabilities frame by frame: left to it
+        assert states is None
+        return
+    assert states == expected
+    assert ours["stats"].noise_average_decibel == theirs["stats"].noise_average_decibel
+
+
+def test_a_block_starting_before_the_kept_frames_is_left_to_funasr(vad, monkeypatch):
+    cache = _case(vad.model, 2, monkeypatch)
+    cache["stats"].last_drop_frames = 10
+    assert vad_frames.block_states(vad.model, cache["stats"], 5, FRAMES) is None
+
+
+_FUNASR_METHODS = (
+    "GetFrameState",
+    "DetectCommonFrames",
+    "DetectLastFrames",
+    "PopDataBufTillFrame",
+    "PopDataToOutputBuf",
+)
+
+
+def _funasr_own(model: torch.nn.Module) -> None:
+    for name in _FUNASR_METHODS:
+        model.__dict__.pop(name, None)
+
+
+def _detector(cache: dict) -> dict:
+    """Everything FunASR's per-frame code reads or writes, after a block: the state machine, the
+    window, the segments so far and the waveform buffer."""
+    stats, window = cache["stats"], cache["windows_detector"]
+    fields = {k: v for k, v in vars(stats).items() if isinstance(v, (int, float, bool, str))}
+    fields["vad_state_machine"] = stats.vad_state_machine
+    fields["window"] = (window.win_sum, list(window.win_state), window.cur_win_pos, window.pre_frame_state)
+    fields["segments"] = [
+        (s.start_ms, s.end_ms, s.contain_seg_start_point, s.contain_seg_end_point, s.doa)
+        for s in stats.output_data_buf
+    ]
+    fields["data_buf"] = stats.data_buf.clone()
+    return fields
+
+
+def _blocks(vad, samples: np.ndarray) -> tuple[list, list]:
+    """The detector after each block, and the segments."""
+    model, seen = vad.model, []
+
+    def watched(detect):
+        def after(cache=None):
+            result = detect(cache=cache)
+            seen.append(_detector(cache))
+            return result
+
+        return after
+
+    common, last = model.DetectCommonFrames, model.DetectLastFrames
+    model.DetectCommonFrames, model.DetectLastFrames = watched(common), watched(last)
+    try:
+        segments = vad.generate(input=samples)[0]["value"]
+    finally:
+        model.DetectCommonFrames, model.DetectLastFrames = common, last
+    return seen, segments
+
+
+def _same_detector(ours: dict, theirs: dict) -> bool:
+    a, b = dict(ours), dict(theirs)
+    return torch.equal(a.pop("data_buf"), b.pop("data_buf")) and a == b
+
+
+def _recordings() -> list[np.ndarray]:
+    """Short ones, and one over the VAD's 60 s chunk, whose scores FunASR concatenates chunk by chunk."""
+    return [random_audio(seconds, seed) for seed, seconds in enumerate((4.0, 11.0, 130.0))]
+
+
+@pytest.mark.parametrize("longest_ms", [60_000, 1_500])
+def test_every_block_leaves_the_detector_as_funasr_leaves_it(vad, longest_ms, capsys, monkeypatch):
+    """The state machine, its window, the segments and the waveform buffer after every block, and
+    what FunASR prints, the same with this module's functions as with FunASR's own; also where
+    segments are cut at the longest a segment may last (the bursts last 0.8-3 s)."""
+    monkeypatch.setattr(vad.model.vad_opts, "max_single_segment_time", longest_ms)
+    recordings = _recordings()
+    _funasr_own(vad.model)
+    theirs = [_blocks(vad, samples) for samples in recordings]
+    their_output = capsys.readouterr().out
     assert vad_frames.install(vad.model)
-    ours = [vad.generate(input=samples)[0]["value"] for samples in recordings]
-    assert ours == theirs and all(theirs)
+    ours = [_blocks(vad, samples) for samples in recordings]
+    assert capsys.readouterr().out == their_output
+    for (our_blocks, our_segments), (their_blocks, their_segments) in zip(ours, theirs, strict=True):
+        assert our_segments == their_segments and their_segments
+        assert len(our_blocks) == len(their_blocks)
+        assert all(_same_detector(a, b) for a, b in zip(our_blocks, their_blocks, strict=True))
+    assert any(len(segments) > 2 for _, segments in theirs)  # the detector was reset between segments
+    cut = [end - start for _, segments in theirs for start, end in segments if end - start >= longest_ms]
+    assert bool(cut) == (longest_ms < 60_000)
+
+
+def test_with_frame_probabilities_frames_are_decided_one_by_one(vad, monkeypatch):
+    """FunASR's option to keep every frame's probabilities: the same segments and probabilities."""
+    monkeypatch.setattr(vad.model.vad_opts, "output_frame_probs", True)
+    samples = random_audio(9.0, 3)
+    kept: list = []
+    for install in (False, True):
+        _funasr_own(vad.model)
+        if install:
+            vad_frames.install(vad.model)
+        blocks, segments = _blocks(vad, samples)
+        kept.append((segments, [_detector_probs(b) for b in blocks]))
+    assert kept[0] == kept[1] and kept[0][0]
+
+
+def _detector_probs(block: dict) -> dict:
+    return {k: v for k, v in block.items() if k != "data_buf"}
+
+
+def test_the_buffer_running_out_is_an_error_not_a_hang(vad):
+    cache: dict = {}
+    vad.model.init_cache(cache)
+    stats = cache["stats"]
+    stats.data_buf_all = torch.zeros(160 * 3)
+    stats.data_buf = stats.data_buf_all
+    with pytest.raises(RuntimeError, match="ran out"):
+        vad_frames.pop_till_frame(vad.model, 10, cache)
+    assert stats.data_buf_start_frame == 3
+
+
+def test_real_recordings_keep_their_segments(vad, shared_audio):
+    """Utterances, the other examples and the 3-minute recording (several of the VAD's chunks)."""
+    limits = AudioLimits(max_bytes=100_000_000, max_duration_s=3600)
+    utterances = sorted((shared_audio / "zh-aishell-S0150").glob("*.mp3"))[:40]
+    files = utterances + sorted(shared_audio.glob("misc/*.wav")) + sorted(shared_audio.glob("long/*.mp3"))
+    recordings = [decode_audio(path, limits) for path in files]
+    _funasr_own(vad.model)
+    theirs = [vad.generate(input=samples)[0]["value"] for samples in recordings]
+    vad_frames.install(vad.model)
+    assert [vad.generate(input=samples)[0]["value"] for samples in recordings] == theirs
 
 
 def test_other_models_are_left_alone():
