@@ -186,13 +186,10 @@ def _recordings() -> list[np.ndarray]:
     return [random_audio(seconds, seed) for seed, seconds in enumerate((4.0, 11.0, 130.0))]
 
 
-@pytest.mark.parametrize("longest_ms", [60_000, 1_500])
-def test_every_block_leaves_the_detector_as_funasr_leaves_it(vad, longest_ms, capsys, monkeypatch):
-    """The state machine, its window, the segments and the waveform buffer after every block, and
-    what FunASR prints, the same with this module's functions as with FunASR's own; also where
-    segments are cut at the longest a segment may last (the bursts last 0.8-3 s)."""
-    monkeypatch.setattr(vad.model.vad_opts, "max_single_segment_time", longest_ms)
-    recordings = _recordings()
+def _compare(vad, recordings: list[np.ndarray], capsys) -> list[list]:
+    """Run the recordings with FunASR's own methods, then with this module's: the state machine,
+    its window, the segments and the waveform buffer after every block, and what FunASR prints,
+    must be the same. FunASR's segments."""
     _funasr_own(vad.model)
     theirs = [_blocks(vad, samples) for samples in recordings]
     their_output = capsys.readouterr().out
@@ -200,12 +197,129 @@ def test_every_block_leaves_the_detector_as_funasr_leaves_it(vad, longest_ms, ca
     ours = [_blocks(vad, samples) for samples in recordings]
     assert capsys.readouterr().out == their_output
     for (our_blocks, our_segments), (their_blocks, their_segments) in zip(ours, theirs, strict=True):
-        assert our_segments == their_segments and their_segments
+        assert our_segments == their_segments
         assert len(our_blocks) == len(their_blocks)
         assert all(_same_detector(a, b) for a, b in zip(our_blocks, their_blocks, strict=True))
-    assert any(len(segments) > 2 for _, segments in theirs)  # the detector was reset between segments
-    cut = [end - start for _, segments in theirs for start, end in segments if end - start >= longest_ms]
+    return [segments for _, segments in theirs]
+
+
+@pytest.mark.parametrize("longest_ms", [60_000, 1_500])
+def test_every_block_leaves_the_detector_as_funasr_leaves_it(vad, longest_ms, capsys, monkeypatch):
+    """With FunASR's options, and with segments cut at the longest a segment may last (the bursts
+    last 0.8-3 s)."""
+    monkeypatch.setattr(vad.model.vad_opts, "max_single_segment_time", longest_ms)
+    segments = _compare(vad, _recordings(), capsys)
+    assert all(segments) and any(len(s) > 2 for s in segments)  # the detector was reset between segments
+    cut = [end - start for found in segments for start, end in found if end - start >= longest_ms]
     assert bool(cut) == (longest_ms < 60_000)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"detect_mode": 0},  # one utterance: the detector stops after the first segment
+        {"detect_mode": 0, "max_start_silence_time": 300},  # ... or after 0.3 s of silence first
+        {"do_extend": 0},  # no look-back before a segment, no look-ahead after it
+        {"lookahead_time_end_point": 0, "max_end_silence_time": 300},
+        {"fe_prior_thres": 2.0},  # speech frames count as silence: no segments
+    ],
+)
+def test_other_options_leave_the_detector_as_funasr_leaves_it(vad, options, capsys, monkeypatch):
+    for name, value in options.items():
+        monkeypatch.setattr(vad.model.vad_opts, name, value)
+    _compare(vad, _recordings()[:2], capsys)
+
+
+def _detector_case(model: torch.nn.Module, seed: int, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """A detector somewhere in a recording, with options drawn around the steady frames' edges."""
+    from funasr.models.fsmn_vad_streaming.model import FrameState, VadStateMachine
+
+    rng = np.random.default_rng(seed)
+    opts = model.vad_opts
+    monkeypatch.setattr(opts, "detect_mode", int(rng.integers(0, 2)))
+    monkeypatch.setattr(opts, "do_extend", int(rng.integers(0, 2)))
+    monkeypatch.setattr(opts, "fe_prior_thres", float(rng.choice([0.0001, 2.0])))
+    monkeypatch.setattr(opts, "lookahead_time_end_point", int(rng.choice([0, 50, 100])))
+    monkeypatch.setattr(opts, "max_single_segment_time", int(rng.choice([400, 60_000])))
+    monkeypatch.setattr(opts, "max_start_silence_time", int(rng.choice([100, 3000])))
+    cache: dict = {}
+    model.init_cache(cache)
+    stats, window = cache["stats"], cache["windows_detector"]
+    stats.vad_state_machine = rng.choice(
+        [VadStateMachine.kVadInStateStartPointNotDetected, VadStateMachine.kVadInStateInSpeechSegment]
+    )
+    stats.max_end_sil_frame_cnt_thresh = int(rng.choice([0, 150, 650]))
+    stats.data_buf_start_frame = stats.latest_confirmed_speech_frame = stats.confirmed_start_frame = 30
+    if stats.vad_state_machine == VadStateMachine.kVadInStateStartPointNotDetected:
+        stats.confirmed_start_frame, stats.latest_confirmed_speech_frame = -1, 0
+    stats.frm_cnt, stats.decibel, stats.scores = 600, [0.0] * 600, torch.zeros(1, 600, 248)
+    stats.data_buf_all = torch.zeros(160 * 600)
+    stats.data_buf = stats.data_buf_all[160 * 30 :]
+    window.win_state = rng.integers(0, 2, window.win_size_frame).tolist()
+    window.win_sum = sum(window.win_state)
+    window.pre_frame_state = (
+        FrameState.kFrameStateSpeech if window.win_sum > 10 else FrameState.kFrameStateSil
+    )
+    return cache
+
+
+def _frames(vad, seed: int, monkeypatch: pytest.MonkeyPatch, capsys) -> Counter:
+    """Frame by frame from a drawn detector: steady frames taken here, the rest by FunASR's
+    DetectOneFrame, against FunASR's DetectOneFrame for every frame; the detector, the buffer and
+    what FunASR prints compared after each. Which steady frames were taken."""
+    from funasr.models.fsmn_vad_streaming.model import FrameState, FsmnVADStreaming
+
+    model = vad.model
+    theirs = _detector_case(model, seed, monkeypatch)
+    ours = copy.deepcopy(theirs)
+    rng = np.random.default_rng(1000 + seed)
+    speech_share = rng.uniform(0.1, 0.9)
+    vad_frames.install(model)
+    steady = vad_frames._Steady(model, ours)
+    taken: Counter = Counter()
+    for idx in range(15, 315):  # crossing the look-back before a segment (20 or 40 frames)
+        state = FrameState.kFrameStateSpeech if rng.random() < speech_share else FrameState.kFrameStateSil
+        _funasr_own(model)
+        FsmnVADStreaming.DetectOneFrame(model, state, idx, False, cache=theirs)
+        their_output = capsys.readouterr().out
+        vad_frames.install(model)
+        stats = ours["stats"]
+        before = (str(stats.vad_state_machine), str(ours["windows_detector"].pre_frame_state))
+        voiced = stats.latest_confirmed_speech_frame
+        if steady.frame(state, idx):
+            taken[(*before, stats.latest_confirmed_speech_frame != voiced)] += 1
+        else:
+            model.DetectOneFrame(state, idx, False, cache=ours)
+        vad_frames._slice_data_buf(stats)
+        assert capsys.readouterr().out == their_output
+        assert _same_detector(_detector(ours), _detector(theirs)), idx
+    return taken
+
+
+@pytest.mark.parametrize("seed", range(24))
+def test_every_frame_moves_the_detector_as_funasr_moves_it(vad, seed, monkeypatch, capsys):
+    _frames(vad, seed, monkeypatch, capsys)
+
+
+def test_every_kind_of_steady_frame_is_taken(vad, monkeypatch, capsys):
+    """The cases above take each steady way: silence before a segment, speech inside one, and a
+    pause inside one, voiced (within the look-ahead) and not."""
+    taken: Counter = Counter()
+    for seed in range(24):
+        with monkeypatch.context() as patch:
+            taken += _frames(vad, seed, patch, capsys)
+    before, inside = "kVadInStateStartPointNotDetected", "kVadInStateInSpeechSegment"
+    kinds = {
+        "silence before a segment": (before, "Sil", False),
+        "speech inside a segment": (inside, "Speech", True),
+        "a pause, voiced": (inside, "Sil", True),
+        "a pause, not voiced": (inside, "Sil", False),
+    }
+    for kind, (machine, window, voiced) in kinds.items():
+        count = sum(
+            n for (m, w, v), n in taken.items() if m.endswith(machine) and w.endswith(window) and v == voiced
+        )
+        assert count > 0, kind
 
 
 def test_with_frame_probabilities_frames_are_decided_one_by_one(vad, monkeypatch):
