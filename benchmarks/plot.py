@@ -75,7 +75,7 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"]]
     colors += ["#17becf", "#2ca02c"]
     for name, fleet in _first_of_each_api(fleets):
-        names.append(f"one\ninstance\n{fleet['api']}\n({name})")
+        names.append(f"one\ninstance\n{fleet['api']}\n({_wrap(name)})")
         values.append(_one_instance(fleet))
         colors.append("#ff7f0e")
     ax1.bar(names, values, color=colors)
@@ -144,6 +144,18 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     )
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+
+
+def _wrap(name: str, width: int = 8) -> str:
+    """A run's name over several lines, broken after underscores, for a narrow bar."""
+    lines = [""]
+    for part in name.split("_"):
+        piece = part if not lines[-1] else "_" + part
+        if lines[-1] and len(lines[-1]) + len(piece) > width:
+            lines.append(part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
 
 
 def _run_name(path: Path) -> str:

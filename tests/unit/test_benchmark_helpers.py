@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -213,3 +214,20 @@ def test_clients_split_evenly_over_several_urls(tmp_path):
         )
     assert len(samples) == 8 and not [s for s in samples if s.error]
     assert len(to_first) == len(to_second) == 4
+
+
+def test_plot_labels_break_long_run_names_after_underscores():
+    from benchmarks.plot import _wrap
+
+    assert _wrap("x4_v1_s11_steady") == "x4_v1\ns11\nsteady"
+    assert _wrap("x2_v1") == "x2_v1"
+    assert _wrap("fleet.json") == "fleet.json"  # one word stays whole
+    assert all(len(line) <= 8 for line in _wrap("x4_gradio_s11_second_run").split("\n"))
+
+
+def test_pinned_counters_run_where_they_are_put():
+    from benchmarks.host_cpus import pinned
+
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    rates = pinned(cpus, 0.1)
+    assert sorted(rates) == cpus and all(r > 0 for r in rates.values())
