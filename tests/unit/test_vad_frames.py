@@ -48,28 +48,12 @@ def _case(model: torch.nn.Module, seed: int, monkeypatch: pytest.MonkeyPatch) ->
     return cache
 
 
-def _outcome(state, cache: dict) -> tuple:
-    stats = cache["stats"]
-    probs = [(p.noise_prob, p.speech_prob, p.score, p.frame_id) for p in stats.frame_probs]
-    return state, stats.noise_average_decibel, probs
-
-
-@pytest.mark.parametrize("seed", range(12))
-def test_every_frame_is_decided_as_funasr_decides_it(vad, seed, monkeypatch):
-    from funasr.models.fsmn_vad_streaming.model import FsmnVADStreaming
-
-    model = vad.model
-    theirs = _case(model, seed, monkeypatch)
-    ours = copy.deepcopy(theirs)
-    for t in range(FRAMES + 2):
-        expected = _outcome(FsmnVADStreaming.GetFrameState(model, t, cache=theirs), theirs)
-        assert _outcome(vad_frames.frame_state(model, t, ours), ours) == expected, t
-
-
 def test_every_branch_is_taken(vad, monkeypatch):
-    """The cases above reach each way out: past the end, too quiet, speech, speech too close to the
-    noise, and silence with the noise level started and then updated."""
-    from funasr.models.fsmn_vad_streaming.model import FrameState
+    """The cases `block_states` is compared on (those without FunASR's frame probabilities) reach
+    each way out: past the end, too quiet, speech, speech too close to the noise, and silence with
+    the noise level started and then updated; with one silence id and with two. Told apart by
+    FunASR's own `GetFrameState`, which the test below shows `block_states` agrees with."""
+    from funasr.models.fsmn_vad_streaming.model import FrameState, FsmnVADStreaming
 
     model = vad.model
     seen: Counter = Counter()
@@ -77,9 +61,11 @@ def test_every_branch_is_taken(vad, monkeypatch):
         with monkeypatch.context() as patch:
             cache = _case(model, seed, patch)
             stats, opts = cache["stats"], model.vad_opts
+            if opts.output_frame_probs:
+                continue
             for t in range(FRAMES + 2):
                 noise_before = stats.noise_average_decibel
-                state = vad_frames.frame_state(model, t, cache)
+                state = FsmnVADStreaming.GetFrameState(model, t, cache=cache)
                 if t >= FRAMES:
                     seen["past the end"] += 1
                 elif stats.decibel[t] < opts.decibel_thres:
@@ -92,8 +78,7 @@ def test_every_branch_is_taken(vad, monkeypatch):
                     seen["noise level started"] += 1
                 else:
                     seen["noise level updated"] += 1
-            seen["two silence ids"] += len(stats.sil_pdf_ids) == 2
-            seen["frame probabilities"] += bool(stats.frame_probs)
+            seen[f"{len(stats.sil_pdf_ids)} silence ids"] += 1
     assert len(seen) == 8 and min(seen.values()) > 0, seen
 
 
@@ -127,7 +112,6 @@ def test_a_block_starting_before_the_kept_frames_is_left_to_funasr(vad, monkeypa
 
 
 _FUNASR_METHODS = (
-    "GetFrameState",
     "DetectCommonFrames",
     "DetectLastFrames",
     "PopDataBufTillFrame",

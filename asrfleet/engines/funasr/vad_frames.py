@@ -1,16 +1,17 @@
 """FSMN-VAD's per-frame work, as FunASR 1.4 does it, in less Python.
 
 FunASR's `FsmnVADStreaming` decides every 10 ms frame in Python: `GetFrameState` reads the frame's
-silence score from the network's output tensor, `DetectOneFrame` moves its state machine, and for
+silence score from the network's output tensor with torch indexing and `.item()`,
+`DetectOneFrame` moves its state machine, and for
 each frame of speech `PopDataToOutputBuf` takes a slice of a waveform tensor only to read its
 length. On an audio worker that was a third of the VAD's CPU (session 11, 150 aishell utterances
 with torchaudio's filterbank as on the GPU machines: 13.3 ms a file with FunASR's code, 10.7 ms
 with this module; best of seven passes each). Here:
 
-- `frame_state`: `GetFrameState` reading a NumPy view of the same tensor (the same float32 values,
-  so `.item()` gives the same Python float).
 - `detect_frames`: `DetectCommonFrames` / `DetectLastFrames` deciding a block's frames first, in
-  one loop over plain floats, then moving the state machine over them. A frame's state depends
+  one loop over plain floats (`block_states`: `GetFrameState`'s steps, the scores read as Python
+  floats with `tolist`, which gives the floats `.item()` gives), then moving the state machine
+  over them. A frame's state depends
   only on its decibel, its score and the running noise level, which only the decision itself
   updates, so the order is free (the state machine's resets drop old frames, which moves the index
   a frame is read at but not its values).
@@ -31,10 +32,8 @@ import math
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 import torch
 
-_VIEW = "_asrfleet_scores"  # on FunASR's per-recording stats: (the scores tensor, its NumPy view)
 _BUF = "_asrfleet_data_buf"  # on the same stats: a `_DataBuf`
 
 
@@ -45,72 +44,11 @@ def install(model: torch.nn.Module) -> bool:
 
     if type(model) is not FsmnVADStreaming:
         return False
-    model.GetFrameState = partial(frame_state, model)
     model.DetectCommonFrames = partial(detect_frames, model, False)
     model.DetectLastFrames = partial(detect_frames, model, True)
     model.PopDataBufTillFrame = partial(pop_till_frame, model)
     model.PopDataToOutputBuf = partial(pop_to_output, model)
     return True
-
-
-# -- one frame ------------------------------------------------------------------------------------
-
-
-def frame_state(model: torch.nn.Module, t: int, cache: dict):
-    """`FsmnVADStreaming.GetFrameState(t, cache)`: frame t speech or silence, and the running noise
-    level updated on a silent frame, as FunASR 1.4 computes them."""
-    from funasr.models.fsmn_vad_streaming.model import E2EVadFrameProb, FrameState
-
-    stats, opts = cache["stats"], model.vad_opts
-    if t >= len(stats.decibel):
-        return FrameState.kFrameStateSil
-    cur_decibel = stats.decibel[t]
-    cur_snr = cur_decibel - stats.noise_average_decibel
-    if cur_decibel < opts.decibel_thres:
-        return FrameState.kFrameStateSil
-
-    sum_score = 0.0
-    noise_prob = 0.0
-    ids = stats.sil_pdf_ids
-    if len(ids) != opts.silence_pdf_num:
-        raise ValueError(f"the VAD has {len(ids)} silence ids, its options {opts.silence_pdf_num}")
-    if len(ids) > 0:
-        scores = _scores(stats)
-        if len(ids) > 1:
-            sum_score = sum(scores[0, t, i].item() for i in ids)
-        else:
-            sum_score = scores[0, t, ids[0]].item()
-        noise_prob = math.log(sum_score) * opts.speech_2_noise_ratio
-        sum_score = 1.0 - sum_score
-    speech_prob = math.log(sum_score)
-    if opts.output_frame_probs:
-        probs = E2EVadFrameProb()
-        probs.noise_prob, probs.speech_prob = noise_prob, speech_prob
-        probs.score, probs.frame_id = sum_score, t
-        stats.frame_probs.append(probs)
-    if math.exp(speech_prob) >= math.exp(noise_prob) + stats.speech_noise_thres:
-        if cur_snr >= opts.snr_thres and cur_decibel >= opts.decibel_thres:
-            return FrameState.kFrameStateSpeech
-        return FrameState.kFrameStateSil
-    if stats.noise_average_decibel < -99.9:
-        stats.noise_average_decibel = cur_decibel
-    else:
-        frames = opts.noise_frame_num_used_for_snr
-        stats.noise_average_decibel = (cur_decibel + stats.noise_average_decibel * (frames - 1)) / frames
-    return FrameState.kFrameStateSil
-
-
-def _scores(stats: object) -> np.ndarray:
-    """The scores as NumPy, made again whenever FunASR replaces the tensor (a new chunk of the
-    recording, or old frames dropped)."""
-    tensor = stats.scores
-    kept = getattr(stats, _VIEW, None)
-    if kept is None or kept[0] is not tensor:
-        if tensor.shape[0] != 1:
-            raise ValueError("the VAD decides one recording at a time")
-        kept = (tensor, tensor.detach().cpu().numpy())
-        setattr(stats, _VIEW, kept)
-    return kept[1]
 
 
 # -- a block of frames ----------------------------------------------------------------------------
@@ -130,7 +68,7 @@ def detect_frames(model: torch.nn.Module, last: bool, cache: dict) -> int:
     detect = model.DetectOneFrame
     final = count - 1 if last else -1
     try:
-        if states is None:  # FunASR's own order, frame by frame
+        if states is None:  # FunASR's own methods and order, frame by frame
             for k in range(count):
                 state = model.GetFrameState(first + k - stats.last_drop_frames, cache=cache)
                 detect(state, first + k, k == final, cache=cache)
@@ -302,7 +240,9 @@ def _score_columns(opts: object, stats: object) -> list[list[float]]:
         raise ValueError(f"the VAD has {len(ids)} silence ids, its options {opts.silence_pdf_num}")
     if not ids:
         return []
-    scores = _scores(stats)
+    if stats.scores.shape[0] != 1:
+        raise ValueError("the VAD decides one recording at a time")
+    scores = stats.scores.detach().cpu().numpy()
     return [scores[0, :, i].tolist() for i in ids]
 
 
