@@ -24,22 +24,16 @@ import os
 import time
 
 
-def _count(seconds: float, out: mp.Queue) -> None:
+def _count(seconds: float, out: mp.Queue, cpu: int | None = None, start: mp.Event | None = None) -> None:
+    """Count for `seconds` (on `cpu` only, and from `start`, where given); put (cpu, counts a second)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    if start is not None:
+        start.wait()
     end = time.perf_counter() + seconds
     n = 0
     while time.perf_counter() < end:
         for _ in range(10_000):
-            n += 1
-    out.put(n / seconds)
-
-
-def _count_on(cpu: int, seconds: float, start: mp.Event, out: mp.Queue) -> None:
-    os.sched_setaffinity(0, {cpu})
-    start.wait()
-    end = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < end:
-        for _ in range(5_000):
             n += 1
     out.put((cpu, n / seconds))
 
@@ -48,7 +42,7 @@ def pinned(cpus: list[int], seconds: float) -> dict[int, float]:
     """Counts per second of one process on each of `cpus`, all starting together."""
     out: mp.Queue = mp.Queue()
     start = mp.Event()
-    workers = [mp.Process(target=_count_on, args=(cpu, seconds, start, out)) for cpu in cpus]
+    workers = [mp.Process(target=_count, args=(seconds, out, cpu, start)) for cpu in cpus]
     for w in workers:
         w.start()
     time.sleep(0.05)  # let them all reach the start line
@@ -83,7 +77,7 @@ def speeds(processes: int, seconds: float) -> list[float]:
     workers = [mp.Process(target=_count, args=(seconds, out)) for _ in range(processes)]
     for w in workers:
         w.start()
-    rates = [out.get() for _ in workers]
+    rates = [out.get()[1] for _ in workers]
     for w in workers:
         w.join()
     return rates
