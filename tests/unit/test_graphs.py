@@ -54,6 +54,48 @@ def test_fill_padded_zeroes_around_the_values():
     assert slots.view("x", (2, 3)).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
 
 
+def test_features_padded_into_a_used_buffer_leave_nothing_of_the_last_batch():
+    rng = np.random.default_rng(3)
+    feats = [rng.standard_normal((n, 560), dtype=np.float32) for n in (7, 3)]
+    used = np.full((4, 9, 560), 5.0, dtype=np.float32)  # what a larger batch left in the buffer
+    padded = graphs.pad_features(feats, 4, 9, out=used)
+    assert padded is used
+    assert np.array_equal(padded, graphs.pad_features(feats, 4, 9))
+    assert np.array_equal(padded[0, :7], feats[0]) and not padded[0, 7:].any() and not padded[2:].any()
+
+
+def test_staged_inputs_reach_their_slot():
+    sizes = {"x": (12, torch.float32), "y": (4, torch.int64)}
+    slots = graphs.Slots(torch.device("cpu"), sizes, staged=("x",))
+    slots.stage("x", np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert slots.view("x", (2, 3)).tolist() == [[0, 1, 2], [3, 4, 5]]
+    slots.host("x", (3, 2))[...] = 7
+    assert slots.view("x", (3, 2)).tolist() == [[0, 1], [2, 3], [4, 5]]  # not before `send`
+    slots.send("x", (3, 2))
+    assert slots.view("x", (3, 2)).tolist() == [[7, 7]] * 3
+
+
+def test_the_predictors_weights_with_their_tail_are_funasrs(model_and_tokenizer, monkeypatch):
+    """`cif_weights` repeats `tail_process_fn`'s arithmetic (that function builds a zero frame on
+    the host, which a CUDA graph cannot hold): the weights and token counts must be FunASR's."""
+    model, _ = model_and_tokenizer
+    p = model.predictor
+    assert p.tail_threshold > 0.0
+    lengths = torch.tensor([40, 17, 33])
+    encoded = torch.randn(3, 40, model.encoder.output_size(), generator=torch.Generator().manual_seed(4))
+    mask = (torch.arange(40)[None, :] < lengths[:, None]).float()
+    encoded = encoded * mask[:, :, None]
+    with torch.inference_mode():
+        ours, token_num = graphs.cif_weights(p, encoded, mask)
+        monkeypatch.setattr(p, "tail_threshold", 0.0)
+        untailed, sums = graphs.cif_weights(p, encoded, mask)
+        monkeypatch.undo()
+        hidden, theirs, their_num = p.tail_process_fn(encoded, untailed, sums, mask=mask)
+    assert torch.equal(ours, theirs) and torch.equal(token_num, their_num)
+    assert torch.equal(graphs.with_tail_frame(p, encoded), hidden)
+    assert ours[1, 17] > 0 and not ours[1, 18:].any()  # the tail sits right after each row's end
+
+
 def test_the_test_model_is_supported_and_others_are_not(model_and_tokenizer):
     model, _ = model_and_tokenizer
     assert graphs.supports(model)

@@ -24,8 +24,8 @@ def encoded_batch(model, lengths: list[int]) -> tuple[torch.Tensor, torch.Tensor
     """Encoder output of random features, padded frames zero, as `Recognizer._encode` gives it."""
     rng = np.random.default_rng(len(lengths))
     feats = [rng.standard_normal((n, 560), dtype=np.float32) for n in lengths]
-    out, lens, _ = Recognizer(model, None, "cpu")._encode(feats)
-    return out, lens * model.predictor.upsample_times
+    encoded = Recognizer(model, None, "cpu")._encode(feats)
+    return encoded.out, encoded.lengths * model.predictor.upsample_times
 
 
 def test_the_test_model_has_a_blstm_head(model):

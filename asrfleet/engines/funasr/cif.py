@@ -135,19 +135,26 @@ def _terms(firing: Firing) -> _Terms:
 
 def cif(hidden: torch.Tensor, alphas: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop-in for FunASR's BiCif `cif`: token embeddings (B, L, D) and fires (B, T)."""
-    batch, length, dim = hidden.shape
-    label_len = int(torch.round(alphas.sum(-1)).int().max()) if batch else 0
+    label_len = int(torch.round(alphas.sum(-1)).int().max()) if hidden.size(0) else 0
     firing = fire_tokens(alphas.detach().float().cpu().numpy(), threshold)
-    fires = torch.from_numpy(firing.fires).to(hidden.device)
+    return embed_tokens(hidden, firing, label_len), torch.from_numpy(firing.fires).to(hidden.device)
+
+
+def embed_tokens(hidden: torch.Tensor, firing: Firing, label_len: int) -> torch.Tensor:
+    """`cif`'s token embeddings (B, L, D) from its recurrence, run beforehand on the host.
+
+    `label_len`: the largest rounded sum of a row's alphas, FunASR's width for the embeddings.
+    """
+    batch, length, dim = hidden.shape
     if not firing.fired.any():
-        return hidden.new_zeros(batch, label_len, dim), fires
+        return hidden.new_zeros(batch, label_len, dim)
     terms = _terms(firing)
     sums = _sum_terms(hidden.reshape(batch * length, dim), terms)
     width = max(label_len, int(terms.slots.max()) + 1)  # FunASR fails where a row fires more
     embeds = hidden.new_zeros(batch, width, dim)
     device = hidden.device
     embeds[torch.from_numpy(terms.rows).to(device), torch.from_numpy(terms.slots).to(device)] = sums
-    return embeds, fires
+    return embeds
 
 
 def _sum_terms(flat: torch.Tensor, terms: _Terms) -> torch.Tensor:

@@ -20,9 +20,17 @@ A graph replays fixed shapes at fixed addresses, so:
     pool, so together they hold about what the largest holds, not the sum.
 Batches over `max_frames` padded frames run eagerly: there the GPU is the bound, not the host.
 
-The encoder's graph also holds BiCifParaformer's timestamp head (an upsampling convolution and a
-bidirectional LSTM over three times the frames). Eagerly, cuDNN launches two kernels per step and
-direction, about 1 100 for a batch of 4-second segments: 10 ms of host time, 40 % of the batch's.
+The encoder's graph also computes the CIF predictor's weights (float32, as eagerly), which are
+copied to the host for the integrate-and-fire recurrence. BiCifParaformer's timestamp head (an
+upsampling convolution and a bidirectional LSTM over three times the frames) is a graph of its own,
+replayed right after: the GPU runs its LSTM, a few ms, while the host runs that recurrence.
+Eagerly, cuDNN launches two kernels per step and direction, about 1 100 for a batch of 4-second
+segments: 10 ms of host time, 40 % of the batch's.
+
+A batch's inputs reach the graphs through pinned buffers and its results leave through pinned
+copies that nobody waits for on the GPU thread: the host thread waits for them, while the GPU
+thread already pads and sends the next batch (on an H200, one instance under /v1 load at c=32 went
+from 1 218-1 318x to 1 354-1 386x real time, alternating, `benchmarks/results/README.md`).
 
 With `capture` off, `GraphedModel` runs the same padded code eagerly: tests on the CPU check that
 padding to buckets changes no transcript.
@@ -33,9 +41,10 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -160,10 +169,26 @@ def decode_tokens(
 
 
 class Slots:
-    """Flat buffers whose prefixes every graph reads and writes: one address per slot for any shape."""
+    """Flat buffers whose prefixes every graph reads and writes: one address per slot for any shape.
 
-    def __init__(self, device: torch.device, sizes: dict[str, tuple[int, torch.dtype]]) -> None:
+    Inputs from the host go through `staged`, a pinned buffer of the same size: a copy from
+    ordinary (pageable) memory makes the host wait until the GPU has reached it, that is, until
+    the previous batch's work queued before it is done; from pinned memory the host goes on at
+    once, and prepares the next batch while the GPU still runs this one.
+    """
+
+    def __init__(
+        self, device: torch.device, sizes: dict[str, tuple[int, torch.dtype]], staged: tuple[str, ...] = ()
+    ) -> None:
         self._flat = {name: torch.zeros(n, dtype=dtype, device=device) for name, (n, dtype) in sizes.items()}
+        pinned = device.type == "cuda"
+        self._host = {
+            name: torch.zeros(sizes[name][0], dtype=sizes[name][1], pin_memory=pinned) for name in staged
+        }
+        # each staged buffer's last copy, which must be done before the host writes the buffer again
+        self._copied: dict[str, torch.cuda.Event] = {}
+        self._pinned = pinned
+        self._device = device
 
     def view(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         return self._flat[name][: math.prod(shape)].view(shape)
@@ -180,12 +205,35 @@ class Slots:
         view.zero_()
         view[tuple(slice(0, n) for n in values.shape)].copy_(values)
 
+    def host(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """The staged buffer of `name` in `shape`, to write, then `send`."""
+        copied = self._copied.pop(name, None)
+        if copied is not None:
+            copied.synchronize()
+        return self._host[name][: math.prod(shape)].view(shape).numpy()
+
+    def send(self, name: str, shape: tuple[int, ...]) -> None:
+        """Copy the staged buffer of `name` in `shape` into its slot, without waiting for it."""
+        source = self._host[name][: math.prod(shape)].view(shape)
+        self.view(name, shape).copy_(source, non_blocking=self._pinned)
+        copied = record_event(self._device)
+        if copied is not None:
+            self._copied[name] = copied
+
+    def stage(self, name: str, values: np.ndarray) -> None:
+        """Copy `values` into the slot through its staged buffer."""
+        self.host(name, values.shape)[...] = values
+        self.send(name, values.shape)
+
 
 @dataclass
 class Encoded:
     out: torch.Tensor  # (B, T, D) float32, padded frames zero
     lengths: torch.Tensor  # (B,) on the device
     timestamp_alphas: torch.Tensor | None  # (B, T x upsample) unscaled; None: no timestamp head
+    cif_alphas: np.ndarray | None  # (B, T + 1) the predictor's weights with its tail, on the host
+    # (T without a tail)
+    cif_sums: np.ndarray | None  # (B,) their sums, as the device adds them
 
 
 @dataclass
@@ -221,6 +269,7 @@ class GraphedModel:
         self._width = model.encoder.output_size()
         self._timestamps = has_timestamp_head(model)
         self._upsample = model.predictor.upsample_times if self._timestamps else 1
+        self._cif = has_cif_predictor(model)
 
     @property
     def recorded(self) -> int:
@@ -243,12 +292,20 @@ class GraphedModel:
                     "token_mask": (n, torch.float32),
                     "tokens": (n, torch.int64),
                     "timestamp_alphas": (n * self._upsample, torch.float32),
+                    "cif_alphas": (2 * n, torch.float32),  # (b, t + 1): at most n + b frames
+                    "cif_sums": (n, torch.float32),
                 },
+                staged=("feats", "frame_mask", "memory_mask", "token_mask"),
             )
         return self._slots
 
     def encode(self, feats: list[np.ndarray]) -> Encoded | None:
-        """The encoder's output and the timestamp head's weights; None: run eagerly."""
+        """The encoder's output, the predictor's and the timestamp head's weights; None: run eagerly.
+
+        Two graphs: the encoder with the predictor's weights, then the timestamp head. The
+        predictor's weights are copied to the host between them, so that the host runs the
+        integrate-and-fire recurrence (`cif.fire_tokens`) while the GPU runs the head's LSTM.
+        """
         lengths = [f.shape[0] for f in feats]
         shape = self._shape(len(feats), max(lengths))
         if shape is None or feats[0].shape[1] != 560:
@@ -256,36 +313,61 @@ class GraphedModel:
             return None
         _, b, t = self._choose(("encode", *shape))
         slots = self.slots()
-        slots.fill("feats", pad_features(feats, b, t))
-        slots.fill("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
+        pad_features(feats, b, t, out=slots.host("feats", (b, t, 560)))
+        slots.send("feats", (b, t, 560))
+        slots.stage("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
         if t not in self._positions:
             with self.dense():
                 self._positions[t] = position_encoding(self.model, t, self.device)
-        up_frames = t * self._upsample
-
-        def run() -> None:
-            mask = slots.view("frame_mask", (b, 1, t))
-            encoded = encode_masked(self.model, slots.view("feats", (b, t, 560)), mask, self._positions[t])
-            slots.view("encoded", (b, t, self._width)).copy_(encoded)
-            if self._timestamps:
-                # as eagerly: float32, and cuDNN for the LSTM (`Recognizer._dense` has it off)
-                with torch.autocast("cuda", enabled=False), torch.backends.cudnn.flags(enabled=True):
-                    up_lens = mask.sum(dim=(1, 2)) * self._upsample
-                    alphas = timestamp_alphas(self.model, encoded, up_lens, packed=False)
-                slots.view("timestamp_alphas", (b, up_frames)).copy_(alphas)
-
-        self._run(("encode", b, t), run)
+        self._run(("encode", b, t), partial(self._encoder, b, t))
         n, longest = len(feats), max(lengths)
         out = slots.view("encoded", (b, t, self._width))[:n, :longest].clone()
+        weights: list[torch.Tensor] = []
+        if self._cif:
+            tail = int(self.model.predictor.tail_threshold > 0.0)
+            weights = [
+                to_host(slots.view("cif_alphas", (b, t + tail))[:n, : longest + tail]),
+                to_host(slots.view("cif_sums", (b,))[:n]),
+            ]
+        copied = record_event(self.device)
         alphas = None
         if self._timestamps:
-            alphas = slots.view("timestamp_alphas", (b, up_frames))[:n, : longest * self._upsample].clone()
-        return Encoded(out, torch.tensor(lengths, dtype=torch.int64, device=self.device), alphas)
+            self._run(("stamps", b, t), partial(self._timestamp_head, b, t))
+            up = longest * self._upsample
+            alphas = slots.view("timestamp_alphas", (b, t * self._upsample))[:n, :up].clone()
+        if copied is not None:
+            copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
+        cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
+        on_device = torch.tensor(lengths, dtype=torch.int64, device=self.device)
+        return Encoded(out, on_device, alphas, cif_alphas, cif_sums)
+
+    def _encoder(self, b: int, t: int) -> None:
+        """The encoder's graph: its output and, for a CIF predictor, the predictor's weights."""
+        slots = self.slots()
+        mask = slots.view("frame_mask", (b, 1, t))
+        encoded = encode_masked(self.model, slots.view("feats", (b, t, 560)), mask, self._positions[t])
+        slots.view("encoded", (b, t, self._width)).copy_(encoded)
+        if self._cif:
+            with _as_eagerly():
+                alphas, _ = cif_weights(self.model.predictor, encoded, mask[:, 0].float())
+            slots.view("cif_alphas", (b, alphas.size(1))).copy_(alphas)
+            slots.view("cif_sums", (b,)).copy_(alphas.sum(-1))
+
+    def _timestamp_head(self, b: int, t: int) -> None:
+        """The timestamp head's graph, on the encoder's output of the same shape."""
+        slots = self.slots()
+        mask = slots.view("frame_mask", (b, 1, t))
+        with _as_eagerly():
+            up_lens = mask.sum(dim=(1, 2)) * self._upsample
+            encoded = slots.view("encoded", (b, t, self._width))
+            alphas = timestamp_alphas(self.model, encoded, up_lens, packed=False)
+        slots.view("timestamp_alphas", (b, t * self._upsample)).copy_(alphas)
 
     def decode(
         self, memory: torch.Tensor, memory_lens: list[int], embeds: torch.Tensor, token_lens: list[int]
     ) -> torch.Tensor | None:
-        """The best token at each position (B, L) on the host; None: run eagerly."""
+        """The best token at each position (B, L) on the host, being copied (`to_host`); None: run
+        eagerly."""
         count, frames, tokens = memory.size(0), memory.size(1), max(embeds.size(1), max(token_lens))
         shape = self._shape(count, frames)
         t_len = round_up(tokens, TOKEN_STEPS)
@@ -295,8 +377,8 @@ class GraphedModel:
         slots = self.slots()
         slots.fill_padded("memory", (b, t, self._width), memory)
         slots.fill_padded("embeds", (b, t_len, self._width), embeds)
-        slots.fill("memory_mask", _mask(_pad_rows(memory_lens, b), t, np.float32)[:, None, :])
-        slots.fill("token_mask", _mask(_pad_rows(token_lens, b), t_len, np.float32)[:, :, None])
+        slots.stage("memory_mask", _mask(_pad_rows(memory_lens, b), t, np.float32)[:, None, :])
+        slots.stage("token_mask", _mask(_pad_rows(token_lens, b), t_len, np.float32)[:, :, None])
 
         def run() -> None:
             out = decode_tokens(
@@ -309,7 +391,7 @@ class GraphedModel:
             slots.view("tokens", (b, t_len)).copy_(out)
 
         self._run(("decode", b, t, t_len), run)
-        return slots.view("tokens", (b, t_len))[:count, : embeds.size(1)].cpu()
+        return to_host(slots.view("tokens", (b, t_len))[:count, : embeds.size(1)])
 
     def _shape(self, count: int, frames: int) -> tuple[int, int] | None:
         b, t = items_bucket(count), round_up(frames, FRAME_STEPS)
@@ -363,12 +445,79 @@ class GraphedModel:
         return graph
 
 
-def pad_features(feats: list[np.ndarray], rows: int, frames: int) -> np.ndarray:
-    """The segments' features in one zero-padded (rows, frames, width) array."""
-    batch = np.zeros((rows, frames, feats[0].shape[1]), dtype=np.float32)
+def pad_features(
+    feats: list[np.ndarray], rows: int, frames: int, out: np.ndarray | None = None
+) -> np.ndarray:
+    """The segments' features in one zero-padded (rows, frames, width) array: `out`, if given."""
+    batch = np.empty((rows, frames, feats[0].shape[1]), dtype=np.float32) if out is None else out
     for i, f in enumerate(feats):
         batch[i, : f.shape[0]] = f
+        batch[i, f.shape[0] :] = 0
+    batch[len(feats) :] = 0
     return batch
+
+
+def record_event(device: torch.device) -> torch.cuda.Event | None:
+    """On a GPU, an event at this point of the current stream; a thread that waits for it sleeps
+    (as `device.set_gpu_wait` makes the other waits). None on the CPU: nothing to wait for."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event(blocking=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
+def to_host(tensor: torch.Tensor) -> torch.Tensor:
+    """A copy of `tensor` on the host. From a GPU, the copy is queued, not waited for: read it
+    only after an event recorded later on the same stream has completed."""
+    if tensor.device.type == "cpu":
+        return tensor.clone()
+    return tensor.to("cpu", non_blocking=True)
+
+
+def has_cif_predictor(model: torch.nn.Module) -> bool:
+    """Whether the model's predictor is BiCifParaformer's, whose weights `cif_weights` computes."""
+    from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
+
+    return isinstance(getattr(model, "predictor", None), CifPredictorV3)
+
+
+def cif_weights(
+    predictor: torch.nn.Module, encoder_out: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`CifPredictorV3.forward` up to its integrate-and-fire, without its timestamp head (an
+    upsampling convolution and a BLSTM whose result it drops): the weight per frame and the token
+    count, with FunASR's tail where the predictor adds one.
+
+    The tail is `tail_process_fn`'s arithmetic, step by step, less its hidden frames: it makes
+    their zero frame on the host and copies it over, which a CUDA graph cannot hold (the caller
+    adds that frame, `with_tail_frame`). `mask`: (B, T) float, 1 inside each row's length.
+    """
+    p = predictor
+    output = torch.relu(p.cif_conv1d(p.pad(encoder_out.transpose(1, 2)))).transpose(1, 2)
+    alphas = torch.relu(torch.sigmoid(p.cif_output(output)) * p.smooth_factor - p.noise_threshold)
+    alphas = (alphas * mask[:, :, None]).squeeze(-1)
+    if p.tail_threshold <= 0.0:
+        return alphas, alphas.sum(-1)
+    zeros = torch.zeros((alphas.size(0), 1), dtype=torch.float32, device=alphas.device)
+    ends = torch.cat([torch.ones_like(zeros), mask], dim=1) - torch.cat([mask, zeros], dim=1)
+    alphas = torch.add(torch.cat([alphas, zeros], dim=1), ends * p.tail_threshold)
+    return alphas, torch.floor(alphas.sum(dim=-1))
+
+
+def with_tail_frame(predictor: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The frames that CIF integrates: `tail_process_fn` adds a zero frame where it adds a tail."""
+    if predictor.tail_threshold <= 0.0:
+        return hidden
+    return torch.cat([hidden, hidden.new_zeros(hidden.size(0), 1, hidden.size(2))], dim=1)
+
+
+@contextmanager
+def _as_eagerly() -> Iterator[None]:
+    """What the predictor and the timestamp head run under eagerly: float32, and cuDNN for their
+    convolutions and LSTM (`Recognizer._dense` turns both off for the encoder and decoder)."""
+    with torch.autocast("cuda", enabled=False), torch.backends.cudnn.flags(enabled=True):
+        yield
 
 
 def _pad_rows(lengths: list[int], rows: int) -> list[int]:

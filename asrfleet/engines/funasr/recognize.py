@@ -24,7 +24,6 @@ from functools import partial
 
 import numpy as np
 import torch
-from funasr.models.bicif_paraformer.cif_predictor import CifPredictorV3
 
 from asrfleet.engines.funasr import cif, graphs
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
@@ -44,7 +43,7 @@ EMPTY = SegmentText("", [])
 
 @dataclass(frozen=True)
 class OnHost:
-    """A batch's results, copied to the host; `Recognizer.texts` makes them segments' texts.
+    """A batch's results, on the host once `ready`; `Recognizer.texts` makes them segments' texts.
 
     All None when no segment has a token.
     """
@@ -54,6 +53,7 @@ class OnHost:
     token_lens: torch.Tensor | None = None  # (B,) tokens per segment
     encoder_lens: torch.Tensor | None = None  # (B,) encoder frames per segment
     alphas: torch.Tensor | None = None  # (B, T) the timestamp head's scaled weights, float32
+    ready: torch.cuda.Event | None = None  # on a GPU: the copies above are done once it is
 
 
 class Recognizer:
@@ -86,8 +86,9 @@ class Recognizer:
 
         fp16 autocast when asked, without its cache of half weights (CUDA graphs cannot hold
         it, and each weight is used once per batch anyway). Half weights do not work (FunASR's
-        decoder mixes float32 masks into its convolutions), and the CIF predictor runs outside:
-        its integrate-and-fire sums and thresholds need float32.
+        decoder mixes float32 masks into its convolutions), and the CIF predictor runs outside
+        (in the graphs too, `graphs._as_eagerly`): its integrate-and-fire sums and thresholds
+        need float32.
 
         cuDNN off. SANM's FSMN memory blocks are depthwise 1-D convolutions (66 of them), and
         the input length changes with every batch: cuDNN plans each new shape on the host, about
@@ -113,26 +114,28 @@ class Recognizer:
         """The GPU's part of a batch: everything up to the results' copy to the host.
 
         The scheduler's GPU thread calls this and hands the result to `texts` in another thread,
-        so the GPU starts on the next batch while the host turns this one into text.
+        so the GPU starts on the next batch while the host turns this one into text. The copy is
+        not waited for here: the GPU thread prepares the next batch while the GPU finishes this
+        one, and `texts` waits for it (`OnHost.ready`).
         """
-        encoder_out, encoder_lens, graphed_alphas = self._encode(feats)
-        embeds, token_num = self._predict(encoder_out, encoder_lens)
-        token_lens = token_num.round().long()
-        # One copy to the host for the per-segment work below: each GPU scalar read is a sync.
-        host_token_lens = token_lens.cpu()
-        if int(host_token_lens.max()) < 1:
+        encoded = self._encode(feats)
+        embeds, token_lens = self._predict(encoded)
+        if int(token_lens.max()) < 1:
             return OnHost(len(feats))
-        tokens = self._best_tokens(encoder_out, encoder_lens, embeds, token_lens, host_token_lens)
+        tokens = self._best_tokens(encoded.out, encoded.lengths, embeds, token_lens)
         alphas = None
         if self.timestamps:
-            alphas = self._timestamp_alphas(encoder_out, encoder_lens, token_lens, graphed_alphas)
-        return OnHost(len(feats), tokens, host_token_lens, encoder_lens.cpu(), alphas)
+            alphas = self._timestamp_alphas(encoded, token_lens)
+        encoder_lens = graphs.to_host(encoded.lengths)
+        return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, graphs.record_event(self.device))
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
     def texts(self, batch: OnHost) -> list[SegmentText]:
         """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
         if batch.tokens is None:
             return [EMPTY] * batch.count
+        if batch.ready is not None:
+            batch.ready.synchronize()
         stamps = None
         if batch.alphas is not None:
             threshold = self.model.predictor.threshold - 1e-4
@@ -143,19 +146,19 @@ class Recognizer:
             for i in range(batch.count)
         ]
 
-    def _encode(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and the timestamp
-        head's weights when the graph computed them."""
+    def _encode(self, feats: list[np.ndarray]) -> graphs.Encoded:
+        """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and what the
+        graphs computed besides: the predictor's and the timestamp head's weights."""
         encoded = self.graphs.encode(feats) if self.graphs is not None else None
         if encoded is not None:
-            return encoded.out, encoded.lengths, encoded.timestamp_alphas
+            return encoded
         speech, lengths = self._pad(feats)
         with self._dense():
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
         mask = frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
-        return encoder_out.float() * mask, encoder_lens, None
+        return graphs.Encoded(encoder_out.float() * mask, encoder_lens, None, None, None)
 
     def _best_tokens(
         self,
@@ -163,43 +166,53 @@ class Recognizer:
         encoder_lens: torch.Tensor,
         embeds: torch.Tensor,
         token_lens: torch.Tensor,
-        host_token_lens: torch.Tensor,
     ) -> torch.Tensor:
-        """The decoder's best token at each position (B, L), on the host."""
+        """The decoder's best token at each position (B, L), being copied to the host."""
         if self.graphs is not None:
-            tokens = self.graphs.decode(encoder_out, encoder_lens.tolist(), embeds, host_token_lens.tolist())
+            tokens = self.graphs.decode(encoder_out, encoder_lens.tolist(), embeds, token_lens.tolist())
             if tokens is not None:
                 return tokens
         with self._dense():
-            scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, token_lens)
-        return scores.argmax(dim=-1).cpu()
+            device_lens = token_lens.to(self.device)
+            scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, device_lens)
+        return graphs.to_host(scores.argmax(dim=-1))
 
-    def _predict(
-        self, encoder_out: torch.Tensor, encoder_lens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token embeddings and counts: FunASR's `calc_predictor`, less what it computes for nothing.
+    def _predict(self, encoded: graphs.Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token embeddings (B, L, D) and token counts (B,) on the host: FunASR's `calc_predictor`,
+        less what it computes for nothing.
 
         BiCifParaformer's predictor (`CifPredictorV3.forward`) also runs its timestamp head, an
         upsampling convolution and a BLSTM over three times the frames, and drops the result; the
-        timestamps come from `_timestamp_peaks`. Here the same steps without that head, and with
-        our integrate-and-fire (`cif.cif`, equal to FunASR's).
+        timestamps come from `_timestamp_alphas`. Here the same steps without that head
+        (`graphs.cif_weights`), and with our integrate-and-fire (`cif`, equal to FunASR's).
         """
         p = self.model.predictor
-        if not isinstance(p, CifPredictorV3):
+        encoder_out, encoder_lens = encoded.out, encoded.lengths
+        if not graphs.has_cif_predictor(self.model):
             embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
-            return embeds, token_num
+            return embeds, token_num.round().long().cpu()
+        if encoded.cif_alphas is not None and encoded.cif_sums is not None:
+            return self._predict_from_host(encoder_out, encoded.cif_alphas, encoded.cif_sums)
         mask = frame_mask(encoder_lens, encoder_out.size(1))
-        output = torch.relu(p.cif_conv1d(p.pad(encoder_out.transpose(1, 2)))).transpose(1, 2)
-        alphas = torch.relu(torch.sigmoid(p.cif_output(output)) * p.smooth_factor - p.noise_threshold)
-        alphas = (alphas * mask[:, :, None]).squeeze(-1)
-        token_num = alphas.sum(-1)
-        hidden = encoder_out
-        if p.tail_threshold > 0.0:
-            hidden, alphas, token_num = p.tail_process_fn(encoder_out, alphas, token_num, mask=mask)
-        embeds, _ = cif.cif(hidden, alphas, p.threshold)
+        alphas, token_num = graphs.cif_weights(p, encoder_out, mask)
+        embeds, _ = cif.cif(graphs.with_tail_frame(p, encoder_out), alphas, p.threshold)
         if p.tail_threshold > 0.0:
             embeds = embeds[:, : int(token_num.max())]
-        return embeds, token_num
+        return embeds, token_num.round().long().cpu()
+
+    def _predict_from_host(
+        self, encoder_out: torch.Tensor, alphas: np.ndarray, sums: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`_predict` from the weights that the encoder's graph computed and copied to the host:
+        the same float32 steps, where they need no GPU work."""
+        p = self.model.predictor
+        token_num = np.floor(sums) if p.tail_threshold > 0.0 else sums  # as `cif_weights`
+        label_len = int(np.round(sums).astype(np.int32).max()) if sums.size else 0
+        hidden = graphs.with_tail_frame(p, encoder_out)
+        embeds = cif.embed_tokens(hidden, cif.fire_tokens(alphas, p.threshold), label_len)
+        if p.tail_threshold > 0.0:
+            embeds = embeds[:, : int(token_num.max())]
+        return embeds, torch.from_numpy(np.round(token_num)).long()
 
     def _pad(self, feats: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         lengths = [f.shape[0] for f in feats]
@@ -207,23 +220,19 @@ class Recognizer:
         speech = torch.from_numpy(batch).to(self.device, non_blocking=True)
         return speech, torch.tensor(lengths, dtype=torch.int32, device=self.device)
 
-    def _timestamp_alphas(
-        self,
-        encoder_out: torch.Tensor,
-        encoder_lens: torch.Tensor,
-        token_lens: torch.Tensor,
-        alphas: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def _timestamp_alphas(self, encoded: graphs.Encoded, token_lens: torch.Tensor) -> torch.Tensor:
         """BiCifParaformer's upsampled alphas scaled to the predicted token count, on the host.
 
-        `alphas`: the head's weights where the encoder's graph computed them; else they are
-        computed here, as FunASR does, with the BLSTM on packed sequences.
+        The head's weights are the graph's where it computed them; else they are computed here,
+        as FunASR does, with the BLSTM on packed sequences. Being copied (`graphs.to_host`).
         """
         p = self.model.predictor
+        alphas = encoded.timestamp_alphas
         if alphas is None:
-            alphas = timestamp_alphas(self.model, encoder_out, encoder_lens * p.upsample_times)
+            alphas = timestamp_alphas(self.model, encoded.out, encoded.lengths * p.upsample_times)
+        token_lens = token_lens.to(self.device)
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
-        return alphas.float().cpu()
+        return graphs.to_host(alphas.float())
 
     def _decode(
         self,
