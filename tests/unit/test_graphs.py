@@ -48,8 +48,8 @@ def test_past_the_last_bucket_there_is_none():
 
 
 def test_fill_padded_zeroes_around_the_values():
-    slots = graphs.Slots(torch.device("cpu"), {"x": (12, torch.float32)})
-    slots.fill("x", np.full((3, 4), 7.0, dtype=np.float32))
+    slots = graphs.Slots(torch.device("cpu"), {"x": (12, torch.float32)}, staged=("x",))
+    slots.stage("x", np.full((3, 4), 7.0, dtype=np.float32))
     slots.fill_padded("x", (2, 3), torch.ones(1, 2))
     assert slots.view("x", (2, 3)).tolist() == [[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
 

@@ -10,8 +10,10 @@ host. BiCifParaformer runs it twice: `cif` for the token embeddings (per batch: 
 Here the recurrence (which frames fire, and with what weights) runs on the host in float32, the same
 operations in the same order. The embeddings are then summed on the device one step per frame of
 the longest token rather than per frame of the segment, each token's terms added in FunASR's order.
-The results equal FunASR's exactly (tested against its own functions). The recognizer calls `cif`
-itself; `install()` puts `cif_wo_hidden` in place of FunASR's, inside its timestamp code.
+The results equal FunASR's exactly (tested against its own functions, through `cif`). The
+recognizer calls `cif`'s two halves itself, `fire_tokens` on the host and `embed_tokens`, so that
+the first can run while the GPU works; `install()` puts `cif_wo_hidden` in place of FunASR's,
+inside its timestamp code.
 """
 
 from __future__ import annotations
@@ -188,6 +190,6 @@ FUNASR_CIF_WO_HIDDEN = timestamp_tools.cif_wo_hidden  # FunASR's own, for tests
 def install() -> None:
     """Our `cif_wo_hidden` in place of FunASR's, which its timestamp code looks up at call time.
 
-    (`cif` needs no such patch: the recognizer calls it itself.)
+    (`cif` needs no such patch: the recognizer calls its two halves itself.)
     """
     timestamp_tools.cif_wo_hidden = cif_wo_hidden

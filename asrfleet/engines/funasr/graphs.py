@@ -187,17 +187,10 @@ class Slots:
         }
         # each staged buffer's last copy, which must be done before the host writes the buffer again
         self._copied: dict[str, torch.cuda.Event] = {}
-        self._pinned = pinned
         self._device = device
 
     def view(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         return self._flat[name][: math.prod(shape)].view(shape)
-
-    def fill(self, name: str, values: torch.Tensor | np.ndarray) -> None:
-        """Copy `values` into the slot, in their shape."""
-        if isinstance(values, np.ndarray):
-            values = torch.from_numpy(values)
-        self.view(name, tuple(values.shape)).copy_(values)
 
     def fill_padded(self, name: str, shape: tuple[int, ...], values: torch.Tensor) -> None:
         """The slot in `shape`, zeros, with `values` in its leading corner."""
@@ -215,7 +208,7 @@ class Slots:
     def send(self, name: str, shape: tuple[int, ...]) -> None:
         """Copy the staged buffer of `name` in `shape` into its slot, without waiting for it."""
         source = self._host[name][: math.prod(shape)].view(shape)
-        self.view(name, shape).copy_(source, non_blocking=self._pinned)
+        self.view(name, shape).copy_(source, non_blocking=True)  # on the CPU, a plain copy
         copied = record_event(self._device)
         if copied is not None:
             self._copied[name] = copied

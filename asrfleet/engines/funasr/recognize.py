@@ -65,6 +65,7 @@ class Recognizer:
         self.device = torch.device(device)
         self.fp16 = fp16 and self.device.type == "cuda"
         self.timestamps = hasattr(model, "calc_predictor_timestamp")
+        self.cif_predictor = graphs.has_cif_predictor(model)
         self.graphs: graphs.GraphedModel | None = None
         cif.install()
 
@@ -188,23 +189,20 @@ class Recognizer:
         """
         p = self.model.predictor
         encoder_out, encoder_lens = encoded.out, encoded.lengths
-        if not graphs.has_cif_predictor(self.model):
+        if not self.cif_predictor:
             embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
             return embeds, token_num.round().long().cpu()
-        if encoded.cif_alphas is not None and encoded.cif_sums is not None:
-            return self._predict_from_host(encoder_out, encoded.cif_alphas, encoded.cif_sums)
-        mask = frame_mask(encoder_lens, encoder_out.size(1))
-        alphas, token_num = graphs.cif_weights(p, encoder_out, mask)
-        embeds, _ = cif.cif(graphs.with_tail_frame(p, encoder_out), alphas, p.threshold)
-        if p.tail_threshold > 0.0:
-            embeds = embeds[:, : int(token_num.max())]
-        return embeds, token_num.round().long().cpu()
+        alphas, sums = encoded.cif_alphas, encoded.cif_sums
+        if alphas is None or sums is None:  # not computed by a graph: here, as the graph does
+            weights, _ = graphs.cif_weights(p, encoder_out, frame_mask(encoder_lens, encoder_out.size(1)))
+            alphas, sums = weights.cpu().numpy(), weights.sum(-1).cpu().numpy()
+        return self._predict_from_host(encoder_out, alphas, sums)
 
     def _predict_from_host(
         self, encoder_out: torch.Tensor, alphas: np.ndarray, sums: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`_predict` from the weights that the encoder's graph computed and copied to the host:
-        the same float32 steps, where they need no GPU work."""
+        """`_predict` from the predictor's weights and their sums, on the host: the recurrence and
+        the token counts there, in float32; only the embeddings' sums on the device."""
         p = self.model.predictor
         token_num = np.floor(sums) if p.tail_threshold > 0.0 else sums  # as `cif_weights`
         label_len = int(np.round(sums).astype(np.int32).max()) if sums.size else 0
