@@ -23,6 +23,7 @@ WHISPER_DEFAULT = "large-v3"
 ENGINES = ("paraformer", "whisper")
 DEVICES = ("auto", "cpu", "cuda")
 GPU_WAITS = ("block", "spin")
+VAD_SCORES = ("auto", "workers", "engine")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class InstanceConfig:
     fp16: bool = False
     no_cuda_graphs: bool = False  # every batch op by op (debugging; slower for short segments)
     gpu_wait: str = "block"  # how the engine waits for the GPU: "block" (sleeps) or "spin"
+    vad_scores: str = "auto"  # where FSMN-VAD's network runs: "workers", "engine", "auto" (engine on a GPU)
     gpu_memory_share: float = 0.5  # of the GPU memory free at startup, for batches
     batch_size_s: int = 300
     max_file_size: int = 1024**3
@@ -65,6 +67,8 @@ class InstanceConfig:
             raise ValueError("max_duration_s must be positive")
         if self.gpu_wait not in GPU_WAITS:
             raise ValueError(f"unknown GPU wait {self.gpu_wait!r}; choose from {', '.join(GPU_WAITS)}")
+        if self.vad_scores not in VAD_SCORES:
+            raise ValueError(f"unknown --vad-scores {self.vad_scores!r}; choose from {', '.join(VAD_SCORES)}")
         if not 0 < self.gpu_memory_share <= 1:
             raise ValueError("gpu_memory_share must be in (0, 1]")
 
@@ -91,6 +95,7 @@ class InstanceConfig:
             fp16=args.fp16,
             no_cuda_graphs=args.no_cuda_graphs,
             gpu_wait=args.gpu_wait,
+            vad_scores=args.vad_scores,
             gpu_memory_share=args.gpu_memory_share,
             batch_size_s=args.batch_size_s,
             max_file_size=parse_size(args.max_file_size),
@@ -174,6 +179,13 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         default=d.gpu_wait,
         help="how the engine waits for its GPU: block (sleeps, the default) or spin (a CPU core "
         "polls: a few microseconds sooner, and one core less for everything else)",
+    )
+    g.add_argument(
+        "--vad-scores",
+        choices=VAD_SCORES,
+        default=d.vad_scores,
+        help="where FSMN-VAD's network runs (paraformer): in each audio worker on the CPU, or "
+        "batched in the engine process on its device (auto: the engine's when it is a GPU)",
     )
     g.add_argument(
         "--gpu-memory-share",

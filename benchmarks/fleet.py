@@ -233,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.01,
         help="measure again when the hypervisor took more than this share of the host's CPU time",
     )
+    p.add_argument(
+        "--vad-scores",
+        choices=("auto", "workers", "engine"),
+        default=None,
+        help="where the instances run the VAD's network (default: theirs, auto)",
+    )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -264,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.device == "cuda":
         common.append("--fp16")
+    if args.vad_scores:
+        common += ["--vad-scores", args.vad_scores]
     c = args.per_instance_concurrency
     result = {
         "hardware": {**load.hardware(), "topology": cpu.topology()},
@@ -271,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "audio_s_per_instance": round(total_s(recordings), 1),
         "per_instance_concurrency": c,
         "api": args.api,
+        "vad_scores": args.vad_scores or "auto",
         "runs": [],
     }
 

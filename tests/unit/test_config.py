@@ -22,6 +22,7 @@ def test_argv_round_trip():
         fp16=True,
         no_cuda_graphs=True,
         gpu_wait="spin",
+        vad_scores="engine",
         batch_size_s=120,
         max_file_size=2**20,
         max_duration_s=60.0,
@@ -53,3 +54,9 @@ def test_bad_arguments(argv):
 def test_gpu_wait_is_checked():
     with pytest.raises(ValueError, match="GPU wait"):
         InstanceConfig(gpu_wait="poll")
+
+
+def test_where_the_vad_network_runs_is_checked():
+    assert InstanceConfig.from_argv(["--vad-scores", "workers"]).vad_scores == "workers"
+    with pytest.raises(ValueError, match="vad-scores"):
+        InstanceConfig(vad_scores="gpu")

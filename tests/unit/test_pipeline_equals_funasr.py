@@ -19,6 +19,7 @@ from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.engines.funasr import cif
 from asrfleet.engines.funasr.transcriber import FunasrTranscriber
+from asrfleet.errors import AsrError
 
 FORMATS = ["wav", "mp3", "flac", "m4a"]
 
@@ -35,7 +36,7 @@ def recordings(tmp_path_factory) -> list[Path]:
     return paths
 
 
-def make(model_dirs, vad_dir, punc: bool = True) -> FunasrTranscriber:
+def make(model_dirs, vad_dir, punc: bool = True, **changes) -> FunasrTranscriber:
     config = InstanceConfig(
         model=str(model_dirs["asr"]),
         vad_model=str(vad_dir),
@@ -43,7 +44,7 @@ def make(model_dirs, vad_dir, punc: bool = True) -> FunasrTranscriber:
         device="cpu",
         threads=1,
         workers=2,
-    )
+    ).replace(**changes)
     transcriber = FunasrTranscriber(config)
     transcriber.load()
     return transcriber
@@ -91,6 +92,37 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
     assert stats["batches"] - before < segments, "requests were not batched together"
     for path, transcript in zip(recordings, transcripts, strict=True):
         assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
+
+
+def test_the_vad_network_in_the_engine_changes_no_transcript(
+    model_dirs, vad_dir, reference_pipeline, recordings
+):
+    """`--vad-scores engine` (the default on a GPU): the workers ask the engine for the VAD
+    network's output, batched across requests (`vad_scores.py`). The same transcripts."""
+    transcriber = make(model_dirs, vad_dir, vad_scores="engine")
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            transcripts = list(pool.map(lambda p: transcriber.transcribe(p, TranscribeOptions()), recordings))
+        scored = transcriber.stats()["vad_scores"]
+        assert scored["chunks"] >= len(recordings) and scored["batches"] <= scored["chunks"]
+        for path, transcript in zip(recordings, transcripts, strict=True):
+            assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
+    finally:
+        transcriber.close()
+
+
+def test_the_vad_network_failing_in_the_engine_fails_the_request_not_the_instance(
+    model_dirs, vad_dir, recordings, monkeypatch
+):
+    transcriber = make(model_dirs, vad_dir, punc=False, vad_scores="engine")
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(transcriber._scores, "score", lambda requests: 1 / 0)
+            with pytest.raises(AsrError, match="voice activity detection failed on the server"):
+                transcriber.transcribe(recordings[0], TranscribeOptions())
+        assert transcriber.transcribe(recordings[0], TranscribeOptions()).text
+    finally:
+        transcriber.close()
 
 
 def test_stage_times_add_up_to_each_request_s_time(ours, recordings):

@@ -20,10 +20,12 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
+from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, Scores, ScoreServer
 from asrfleet.errors import AsrError, BadAudio
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,7 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
     # of decoding must not keep them waiting, since they serve every request already prepared.
     os.nice(WORKER_NICENESS)
     parent = os.getppid()
-    preparer = Preparer(settings)
+    preparer = Preparer(settings, partial(_ask_engine, tasks, results, worker_id, parent))
     results.put(("ready", worker_id, None, None))
     while True:
         try:
@@ -76,6 +78,28 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
         for message in _prepare_messages(preparer, path):
             results.put(("message", worker_id, (job_id, attempt), message))
         results.put(("idle", worker_id, None, None))
+
+
+def _ask_engine(
+    tasks: mp.Queue, results: mp.Queue, worker_id: int, parent: int, request: ScoreRequest
+) -> Scores:
+    """The VAD network's output for one chunk, from the engine (`vad_scores.ScoreServer`).
+
+    The answer comes on this worker's task queue: while the worker holds a job, nothing else does.
+    """
+    results.put(("score", worker_id, None, request))
+    while True:
+        try:
+            answer = tasks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent:
+                raise SystemExit(0) from None  # orphaned: nobody will answer
+            continue
+        if answer is None:  # the pool closes
+            raise SystemExit(0)
+        if isinstance(answer, ScoreError):
+            raise AsrError(answer.message)
+        return answer
 
 
 def _prepare_messages(preparer: Preparer, path: str) -> Iterator[Message]:
@@ -96,11 +120,23 @@ class _Job:
 
 
 class PreparePool:
-    """`workers` processes preparing files; `on_message(job_id, message)` receives their output."""
+    """`workers` processes preparing files; `on_message(job_id, message)` receives their output.
 
-    def __init__(self, settings: PrepareSettings, workers: int, on_message: Callable[[str, Message], None]):
+    `scores`: where the workers' VAD score requests go, when `settings.remote_scores` is set.
+    """
+
+    def __init__(
+        self,
+        settings: PrepareSettings,
+        workers: int,
+        on_message: Callable[[str, Message], None],
+        scores: ScoreServer | None = None,
+    ):
+        if settings.remote_scores and scores is None:
+            raise ValueError("remote VAD scores need a ScoreServer")
         self.settings = settings
         self.on_message = on_message
+        self.scores = scores
         self.size = workers
         self._ctx = mp.get_context("spawn")  # never fork a process that holds CUDA or threads
         self._results: mp.Queue = self._ctx.Queue()
@@ -192,6 +228,9 @@ class PreparePool:
                 continue
             if kind == "closed":
                 return
+            if kind == "score":
+                self.scores.submit(message, partial(self._answer, worker_id))
+                continue
             if kind in ("ready", "idle"):
                 with self._lock:
                     self._holding.pop(worker_id, None)
@@ -205,6 +244,12 @@ class PreparePool:
                 current = self._attempts.get(job_id)
             if current == attempt:
                 self._deliver(job_id, message)
+
+    def _answer(self, worker_id: int, answer: Scores | ScoreError) -> None:
+        with self._lock:
+            tasks = self._task_queues.get(worker_id)  # None: the worker died meanwhile
+        if tasks is not None:
+            tasks.put(answer)
 
     def _deliver(self, job_id: str, message: Message) -> None:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
-from asrfleet.engines.funasr import vad_frames
+from asrfleet.engines.funasr import vad_frames, vad_scores
 from asrfleet.engines.funasr.features import FbankReuse, build_frontend
 from asrfleet.errors import NoSpeech
 
@@ -33,6 +33,8 @@ class PrepareSettings:
     # Recordings up to this long reuse the VAD's filterbank for the ASR features (features.py);
     # keeping it costs 32 kB a second, half as much again as the decoded samples.
     reuse_fbank_s: float = 1200.0
+    # The VAD's network runs in the engine (`vad_scores.py`): the worker asks for its output.
+    remote_scores: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,9 +54,12 @@ class Features:
 
 
 class Preparer:
-    """Owns one VAD model and one ASR frontend; used by one worker process at a time."""
+    """Owns one VAD model and one ASR frontend; used by one worker process at a time.
 
-    def __init__(self, settings: PrepareSettings) -> None:
+    `ask`: where the VAD's network output comes from when `settings.remote_scores` is set.
+    """
+
+    def __init__(self, settings: PrepareSettings, ask: vad_scores.Ask | None = None) -> None:
         import torch
         from funasr import AutoModel
 
@@ -69,6 +74,8 @@ class Preparer:
             disable_log=True,
         )
         vad_frames.install(self.vad.model)
+        if settings.remote_scores and (ask is None or not vad_scores.install_remote(self.vad.model, ask)):
+            raise RuntimeError("the engine scores the VAD's frames, and this worker cannot ask it")
         self.frontend = build_frontend(settings.asr_dir)
         self.fbank = FbankReuse(self.vad, self.frontend, max_seconds=settings.reuse_fbank_s)
         self.fbank.check(self.find_speech)

@@ -23,12 +23,14 @@ from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait, set_threads
+from asrfleet.engines.funasr import vad_scores
 from asrfleet.engines.funasr.graphs import MAX_GRAPH_FRAMES
 from asrfleet.engines.funasr.pool import Failed, Message, PreparePool, Retrying
 from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
 from asrfleet.engines.funasr.punctuate import Punctuator
 from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget
+from asrfleet.engines.funasr.vad_scores import ScoreServer
 from asrfleet.errors import AsrError, BadRequest, Busy
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Transcript
@@ -95,6 +97,7 @@ class FunasrTranscriber:
         self._lock = threading.Lock()
         self._admission = Admission(config.max_queue)
         self._pool: PreparePool | None = None
+        self._scores: ScoreServer | None = None
         self._scheduler: BatchScheduler | None = None
         self._recognizer: Recognizer | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
@@ -133,21 +136,39 @@ class FunasrTranscriber:
         )
         self._warm_up(recognizer)
         self._scheduler.start()
+        self._scores = self._score_server(vad_dir)
         settings = PrepareSettings(
             asr_dir=str(asr_dir),
             vad_dir=str(vad_dir),
             limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
+            remote_scores=self._scores is not None,
         )
-        self._pool = PreparePool(settings, self._worker_count(), self._on_message)
+        self._pool = PreparePool(settings, self._worker_count(), self._on_message, self._scores)
         self._pool.wait_ready()
         self._admission.open()
         log.info(
-            "ready: %s on %s, %d audio workers, batches of up to %d padded frames",
+            "ready: %s on %s, %d audio workers, VAD network in the %s, batches of up to %d padded frames",
             self.model_name,
             self.device,
             self._pool.size,
+            "workers" if self._scores is None else "engine",
             budget.max_frames,
         )
+
+    def _score_server(self, vad_dir: Path) -> ScoreServer | None:
+        """The engine's server of VAD scores (`vad_scores.py`), or None: the workers run the network."""
+        from funasr import AutoModel
+
+        mode = self.config.vad_scores
+        if mode == "workers" or (mode == "auto" and not self.device.startswith("cuda")):
+            return None
+        model, _ = AutoModel.build_model(
+            model=str(vad_dir), device=self.device, disable_update=True, disable_log=True
+        )
+        if not vad_scores.supports(model.encoder):
+            log.warning("the VAD's network (%s) runs in the workers", type(model.encoder).__name__)
+            return None
+        return ScoreServer(model.encoder, self.device)
 
     def _model_dirs(self) -> tuple[Path, Path, Path | None]:
         cfg = self.config
@@ -307,6 +328,14 @@ class FunasrTranscriber:
                 graphs_borrowed=g.borrowed,
                 eager_batches=g.eager,
             )
+        if self._scores is not None:
+            v = self._scores.stats
+            out["vad_scores"] = {
+                "batches": v.batches,
+                "chunks": v.chunks,
+                "frames": v.frames,
+                "busy_s": round(v.busy_s, 3),
+            }
         out.update(gpu_memory(self.device))
         return out
 
@@ -316,6 +345,8 @@ class FunasrTranscriber:
             self._pool.close()
         if self._scheduler is not None:
             self._scheduler.stop()
+        if self._scores is not None:
+            self._scores.stop()
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
