@@ -76,13 +76,30 @@ def test_a_padded_batch_gives_every_row_what_funasr_gives_it_alone_chunk_after_c
             batch = torch.zeros(3, max(len(r) for r in rows), 400)
             for b, row in enumerate(rows):
                 batch[b, : len(row)] = torch.from_numpy(row)
-            scores, memory = vad_scores.fsmn_forward(encoder, batch, [len(r) for r in rows], memory)
+            lengths_now = torch.tensor([len(r) for r in rows])
+            scores, memory = vad_scores.fsmn_forward(encoder, batch, lengths_now, memory)
             for b, row in enumerate(rows):
                 ours[b].append(scores[b, : len(row)])
     for b, (recording, n) in enumerate(zip(recordings, lengths, strict=True)):
         expected, expected_memory = funasr_chunks(encoder, recording, [n[0]])
         close(torch.cat(ours[b]), expected)
         close(memory[:, b], expected_memory)
+
+
+def test_the_traced_network_is_the_network_at_other_shapes(encoder):
+    rng = np.random.default_rng(2)
+    network = vad_scores.traced(encoder, torch.device("cpu"))
+    assert isinstance(network, torch.jit.ScriptModule)
+    for rows, frames in ((1, 1), (3, 50), (5, 301)):
+        feats = torch.from_numpy(rng.standard_normal((rows, frames, 400)).astype(np.float32))
+        lengths = torch.from_numpy(rng.integers(1, frames + 1, rows))
+        memory = torch.from_numpy(rng.standard_normal((4, rows, 128, 19, 1)).astype(np.float32))
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
+            ours, expected = (
+                network(feats, lengths, memory),
+                vad_scores.fsmn_forward(encoder, feats, lengths, memory),
+            )
+        assert all(torch.equal(a, b) for a, b in zip(ours, expected, strict=True))
 
 
 def test_the_server_answers_each_request_with_its_own_rows_and_columns(encoder, server):

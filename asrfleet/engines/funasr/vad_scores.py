@@ -28,6 +28,7 @@ import contextlib
 import logging
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,18 +82,18 @@ def memory_frames(encoder: torch.nn.Module) -> int:
 
 
 def fsmn_forward(
-    encoder: torch.nn.Module, feats: torch.Tensor, lengths: list[int], memory: torch.Tensor
+    encoder: torch.nn.Module, feats: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """FunASR's `FSMN.forward(feats, cache)` on a padded batch.
 
-    feats (B, T, D); memory (blocks, B, proj, lorder - 1, 1), each row's from its previous chunk
-    (zeros at a recording's start). Returns the scores (B, T, output_dim) and each row's memory
-    after its own `lengths[b]` frames.
+    feats (B, T, D); lengths (B,) int64, on feats' device; memory (blocks, B, proj, lorder - 1, 1),
+    each row's from its previous chunk (zeros at a recording's start). Returns the scores
+    (B, T, output_dim) and each row's memory after its own `lengths[b]` frames.
     """
     x = encoder.relu(encoder.in_linear2(encoder.in_linear1(feats)))
     kept = []
-    for block, block_memory in zip(encoder.fsmn, memory, strict=True):
-        x, after = _block_forward(block, x, block_memory, lengths)
+    for i, block in enumerate(encoder.fsmn):
+        x, after = _block_forward(block, x, memory[i], lengths)
         kept.append(after)
     x = encoder.out_linear2(encoder.out_linear1(x))
     if encoder.use_softmax:
@@ -101,18 +102,56 @@ def fsmn_forward(
 
 
 def _block_forward(
-    block: torch.nn.Module, x: torch.Tensor, memory: torch.Tensor, lengths: list[int]
+    block: torch.nn.Module, x: torch.Tensor, memory: torch.Tensor, lengths: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`BasicBlock.forward` with its cache: FunASR's steps (`FSMNBlock.forward` inlined)."""
     fsmn = block.fsmn_block
     x_per = torch.unsqueeze(block.linear(x), 1).permute(0, 3, 2, 1)  # B D T 1
     y_left = torch.cat((memory, x_per), dim=2)
-    keep = memory.shape[2]
     # FunASR keeps the last `keep` frames of y_left; a padded row's last real ones end at its length.
-    after = torch.stack([y_left[b, :, n : n + keep, :] for b, n in enumerate(lengths)])
+    keep = memory.shape[2]
+    frames = lengths.view(-1, 1, 1, 1) + torch.arange(keep, device=lengths.device).view(1, 1, -1, 1)
+    after = torch.gather(y_left, 2, frames.expand(-1, y_left.shape[1], -1, 1))
     out = x_per + fsmn.conv_left(y_left)
     x2 = out.permute(0, 3, 2, 1).squeeze(1)
     return block.relu(block.affine(x2)), after
+
+
+class BatchedFsmn(torch.nn.Module):
+    """`fsmn_forward` as a module, to be traced (`traced`)."""
+
+    def __init__(self, encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(
+        self, feats: torch.Tensor, lengths: torch.Tensor, memory: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return fsmn_forward(self.encoder, feats, lengths, memory)
+
+
+def traced(
+    encoder: torch.nn.Module, device: torch.device
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The network as TorchScript, which runs all of its ~60 operations in one call without
+    Python's GIL. Eagerly, each operation gave the GIL up and took it back; in the engine process,
+    whose GPU thread needs the GIL after every CUDA call, that made a batch of one take 17 ms on an
+    H200 host, and every request's preparation 6 ms longer (session 13). Eager where tracing fails.
+    """
+    module = BatchedFsmn(encoder).eval()
+    blocks, proj, keep = len(encoder.fsmn), encoder.fsmn[0].fsmn_block.dim, memory_frames(encoder)
+    example = (
+        torch.zeros(2, 8, encoder.input_dim, device=device),
+        torch.tensor([8, 3], device=device),
+        torch.zeros(blocks, 2, proj, keep, 1, device=device),
+    )
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript's: nothing replaces it here yet
+            return torch.jit.trace(module, example, check_trace=False)
+    except Exception:  # an older or newer FunASR whose modules do not trace
+        log.warning("the VAD network could not be traced; it runs eagerly", exc_info=True)
+        return module
 
 
 # -- the engine side ----------------------------------------------------------------------------
@@ -132,6 +171,7 @@ class ScoreServer:
     def __init__(self, encoder: torch.nn.Module, device: str, max_rows: int = 64) -> None:
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
+        self.network = traced(self.encoder, self.device)
         self.max_rows = max_rows
         self.stats = ScoreStats()
         self._waiting: list[tuple[ScoreRequest, Reply]] = []
@@ -184,9 +224,12 @@ class ScoreServer:
         lengths = [r.feats.shape[0] for r in requests]
         columns = max(r.columns for r in requests)
         stream = torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext()
-        with stream, torch.backends.cudnn.flags(enabled=False):  # plain fp32, as on the workers
+        # Plain fp32 as on the workers; TorchScript's optimizations off: they specialise on shapes.
+        optimizations = torch.jit.optimized_execution(False)
+        with stream, optimizations, torch.backends.cudnn.flags(enabled=False):
             feats, memory = self._inputs(requests, max(lengths))
-            scores, after = fsmn_forward(self.encoder, feats, lengths, memory)
+            lengths_on_device = torch.tensor(lengths, device=self.device)
+            scores, after = self.network(feats, lengths_on_device, memory)
             scores = scores[:, :, :columns].float().cpu().numpy()
             after = after[..., 0].transpose(0, 1).float().cpu().numpy()  # (B, blocks, proj, keep)
         return [
