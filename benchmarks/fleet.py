@@ -44,6 +44,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from asrfleet.config import VAD_SCORES, InstanceConfig
 from benchmarks import cpu, load
 from benchmarks.one_gpu import build_model, load_stats
 from benchmarks.servers import exit_on_sigterm
@@ -235,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--vad-scores",
-        choices=("auto", "workers", "engine"),
+        choices=VAD_SCORES,
         default=None,
-        help="where the instances run the VAD's network (default: theirs, auto)",
+        help="where the instances run the VAD's network (default: theirs)",
     )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "audio_s_per_instance": round(total_s(recordings), 1),
         "per_instance_concurrency": c,
         "api": args.api,
-        "vad_scores": args.vad_scores or "auto",
+        "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
         "runs": [],
     }
 

@@ -97,7 +97,7 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
 def test_the_vad_network_in_the_engine_changes_no_transcript(
     model_dirs, vad_dir, reference_pipeline, recordings
 ):
-    """`--vad-scores engine` (the default on a GPU): the workers ask the engine for the VAD
+    """`--vad-scores engine`: the workers ask the engine for the VAD
     network's output, batched across requests (`vad_scores.py`). The same transcripts."""
     transcriber = make(model_dirs, vad_dir, vad_scores="engine")
     try:

@@ -159,8 +159,7 @@ class FunasrTranscriber:
         """The engine's server of VAD scores (`vad_scores.py`), or None: the workers run the network."""
         from funasr import AutoModel
 
-        mode = self.config.vad_scores
-        if mode == "workers" or (mode == "auto" and not self.device.startswith("cuda")):
+        if self.config.vad_scores == "workers":
             return None
         model, _ = AutoModel.build_model(
             model=str(vad_dir), device=self.device, disable_update=True, disable_log=True

@@ -1,19 +1,26 @@
-"""FSMN-VAD's network for the audio workers, run in the engine process on its device, batched.
+"""FSMN-VAD's network for the audio workers, run in the engine process on its device, batched
+(`--vad-scores engine`; by default the workers run it themselves).
 
 An audio worker spent 19.6 ms of CPU on a 5-second utterance, 7.8 ms of it in the VAD's network
 (FunASR's `FSMN`: about 0.4 M multiply-adds a 10 ms frame; session 13, 150 aishell utterances,
-one CPU). The audio workers of every instance share the host's CPUs, and on the GPU hosts a fleet
-slowed them by a third (HT siblings and clocks shared, `benchmarks/results/README.md`), which
-lengthened every request's path and shrank the batches. The network is the one part of the VAD
-that batches well: here the workers keep all the rest of FunASR's VAD (filterbank, per-frame state
-machine) and ask the engine for the network's output.
+one CPU). The workers of every instance share the host's CPUs. Here the workers keep all the rest
+of FunASR's VAD (filterbank, per-frame state machine) and ask the engine for the network's output:
 
 * The worker side (`install_remote`): the VAD model's `encoder` becomes `RemoteFsmn`, which sends
   each chunk's features and the network's memory from the previous chunk, and waits for the
   answer. FunASR's `FsmnVADStreaming` code around it runs unchanged.
 * The engine side (`ScoreServer`): a thread that takes every request waiting, pads them into one
-  batch, runs `fsmn_forward` on its own CUDA stream (so it does not queue behind the recognizer's
-  batches), and answers each worker with only the score columns its VAD reads (the silence ids).
+  batch, runs the network (`traced`, TorchScript: no GIL) on its own CUDA stream, so that it does
+  not queue behind the recognizer's batches, and answers each worker with only the score columns
+  its VAD reads (the silence ids).
+
+Measured on the 4x H200 host (session 13, `benchmarks/results/README.md`), it does what it is for
+and still loses: the workers' CPU fell from 20.6 to 14.0 ms a request and the host's CPUs were 40 %
+busy in a fleet of 4 instead of 62 %, with the same segments for all 501 utterances; but the round
+trip through the engine process, whose GIL its GPU thread already keeps busy, made each request's
+preparation longer (27 ms alone instead of 22, 35-39 in the fleet) and each instance 10 % slower,
+and the fleets scaled worse (3.25x and 1.64x against 3.55x and 1.85x). So it is not the default; it
+may suit a host with many GPUs and few CPUs, which was not measured.
 
 `fsmn_forward` is FunASR's `FSMN.forward`, step by step with its own modules, except that each row
 of a padded batch keeps its memory (the FSMN blocks' left context) from its own last frame instead
