@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,36 +15,22 @@ from procs import REPO
 pytestmark = pytest.mark.e2e
 
 
+def run_benchmark(module: str, *argv: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    """`python -m module argv --out out`, which must succeed; its result and the JSON it wrote."""
+    command = [sys.executable, "-m", module, *argv, "--out", str(out)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, json.loads(out.read_text())
+
+
 @pytest.mark.parametrize("api", ["gradio", "openai"])
 def test_load_generator_smoke(paraformer_instance, tmp_path, api):
     folder = tmp_path / "audio"
     folder.mkdir()
     for i in range(3):
         media.write_format(folder, media.conversation(media.ZH_SENTENCES[i : i + 1]), "mp3", f"u{i}")
-    out = tmp_path / "result.json"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.load",
-            "--url",
-            paraformer_instance.url,
-            "--audio",
-            str(folder),
-            "--concurrency",
-            "1,3",
-            "--api",
-            api,
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    data = json.loads(out.read_text())
+    argv = ["--url", paraformer_instance.url, "--audio", str(folder), "--concurrency", "1,3", "--api", api]
+    result, data = run_benchmark("benchmarks.load", *argv, out=tmp_path / "result.json")
     assert data["files"] == 3 and [lv["concurrency"] for lv in data["levels"]] == [1, 3]
     for level in data["levels"]:
         assert level["errors"] == 0 and level["requests"] == 3
@@ -60,17 +47,10 @@ def test_vad_scores_benchmark_smoke(vad_dir, tmp_path):
         media.write_format(
             folder, media.conversation(media.ZH_SENTENCES[i : i + 2], pause_s=1.5), "mp3", f"u{i}"
         )
-    out = tmp_path / "vad.json"
     argv = ["--audio", str(folder), "--vad-model", str(vad_dir), "--device", "cpu", "--clients", "2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.vad_scores", *argv, "--work", str(tmp_path), "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    _, data = run_benchmark(
+        "benchmarks.vad_scores", *argv, "--work", str(tmp_path), out=tmp_path / "vad.json"
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    data = json.loads(out.read_text())
     assert data["recordings"] == data["same_segments_and_features"] == 3 and data["differing"] == []
     cpu = data["worker_cpu_ms_per_recording"]
     assert cpu["network_in_the_worker"] > 0 and cpu["network_in_the_engine"] > 0
