@@ -185,7 +185,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=VAD_SCORES,
         default=d.vad_scores,
         help="where FSMN-VAD's network runs (paraformer): in each audio worker on the CPU (the "
-        "default), or batched in the engine process on its device: 40%% less CPU a request in the "
+        "default), or batched in the engine process on its device: a third less CPU a request in the "
         "workers, but slower on the 4x H200 host (benchmarks/results/README.md, session 13)",
     )
     g.add_argument(

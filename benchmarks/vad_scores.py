@@ -24,7 +24,7 @@ import numpy as np
 
 from asrfleet.audio import AudioLimits
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
-from asrfleet.engines.funasr.vad_scores import ScoreRequest, Scores, ScoreServer
+from asrfleet.engines.funasr.vad_scores import ScoreServer
 from benchmarks import load
 from benchmarks.one_gpu import build_model
 from benchmarks.workload import collect
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         local = prepare_all(lambda: Preparer(settings), recordings, args.clients)
         remote_settings = PrepareSettings(**{**settings.__dict__, "remote_scores": True})
-        remote = prepare_all(lambda: Preparer(remote_settings, asker(server)), recordings, args.clients)
+        remote = prepare_all(lambda: Preparer(remote_settings, server.ask), recordings, args.clients)
     finally:
         server.stop()
     differing = [
@@ -87,19 +87,6 @@ def run(args: argparse.Namespace) -> dict:
             "ms_per_batch": round(1000 * s.busy_s / max(1, s.batches), 3),
         },
     }
-
-
-def asker(server: ScoreServer):
-    def ask(request: ScoreRequest) -> Scores:
-        answer: list = []
-        done = threading.Event()
-        server.submit(request, lambda a: (answer.append(a), done.set()))
-        done.wait()
-        if not isinstance(answer[0], Scores):
-            raise RuntimeError(answer[0].message)
-        return answer[0]
-
-    return ask
 
 
 def prepare_all(make, recordings: list[Path], clients: int) -> dict:

@@ -9,6 +9,7 @@ chunk differed by 1e-7 here). What the VAD decides from them, its segments, must
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import numpy as np
 import pytest
@@ -16,7 +17,7 @@ import torch
 
 import media
 from asrfleet.engines.funasr import vad_scores
-from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, Scores, ScoreServer
+from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, ScoreServer
 
 QUIET = {"disable_update": True, "disable_pbar": True, "disable_log": True}
 
@@ -34,18 +35,6 @@ def server(encoder):
     server = ScoreServer(encoder, "cpu")
     yield server
     server.stop()
-
-
-def ask_of(server: ScoreServer):
-    def ask(request: ScoreRequest) -> Scores:
-        answers: list = []
-        done = threading.Event()
-        server.submit(request, lambda answer: (answers.append(answer), done.set()))
-        assert done.wait(timeout=30), "the server did not answer"
-        assert isinstance(answers[0], Scores), answers[0]
-        return answers[0]
-
-    return ask
 
 
 def close(ours, expected) -> None:
@@ -67,8 +56,8 @@ def test_a_padded_batch_gives_every_row_what_funasr_gives_it_alone_chunk_after_c
     rng = np.random.default_rng(0)
     lengths = [[37, 120], [5, 64], [90, 1]]  # each recording's two chunks: rows of unequal length
     recordings = [rng.standard_normal((sum(n), 400)).astype(np.float32) for n in lengths]
-    blocks, keep = len(encoder.fsmn), vad_scores.memory_frames(encoder)
-    memory = torch.zeros(blocks, 3, encoder.fsmn[0].fsmn_block.dim, keep, 1)
+    blocks, proj, keep = vad_scores.memory_shape(encoder)
+    memory = torch.zeros(blocks, 3, proj, keep, 1)
     ours = [[] for _ in recordings]
     with torch.inference_mode():
         for chunk in range(2):
@@ -106,7 +95,7 @@ def test_the_server_answers_each_request_with_its_own_rows_and_columns(encoder, 
     rng = np.random.default_rng(1)
     feats = [rng.standard_normal((n, 400)).astype(np.float32) for n in (50, 8, 30)]
     first, _ = funasr_chunks(encoder, feats[0], [20])
-    memory = ask_of(server)(ScoreRequest(feats[0][:20], None, 1)).memory
+    memory = server.ask(ScoreRequest(feats[0][:20], None, 1), timeout=30).memory
     requests = [
         ScoreRequest(feats[0][20:], memory, 1),
         ScoreRequest(feats[1], None, 3),
@@ -151,7 +140,7 @@ def test_the_vad_asking_the_engine_finds_the_same_segments(vad_dir, server):
     samples = media.conversation(media.ZH_SENTENCES[:4], pause_s=1.5)
     own = AutoModel(model=str(vad_dir), device="cpu", **QUIET)
     remote = AutoModel(model=str(vad_dir), device="cpu", **QUIET)
-    assert vad_scores.install_remote(remote.model, ask_of(server))
+    assert vad_scores.install_remote(remote.model, partial(server.ask, timeout=30))
     assert isinstance(remote.model.encoder, vad_scores.RemoteFsmn)
     chunks = server.stats.chunks
     for chunk_ms in (60000, 700):

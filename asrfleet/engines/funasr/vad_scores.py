@@ -80,9 +80,10 @@ def supports(encoder: torch.nn.Module) -> bool:
     return all(type(b) is BasicBlock and b.fsmn_block.conv_right is None for b in blocks)
 
 
-def memory_frames(encoder: torch.nn.Module) -> int:
+def memory_shape(encoder: torch.nn.Module) -> tuple[int, int, int]:
+    """One row's memory: (blocks, proj, frames), the frames each block keeps of the chunk before."""
     block = encoder.fsmn[0].fsmn_block
-    return (block.lorder - 1) * block.lstride
+    return len(encoder.fsmn), block.dim, (block.lorder - 1) * block.lstride
 
 
 # -- the network, batched ---------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def traced(
     H200 host, and every request's preparation 6 ms longer (session 13). Eager where tracing fails.
     """
     module = BatchedFsmn(encoder).eval()
-    blocks, proj, keep = len(encoder.fsmn), encoder.fsmn[0].fsmn_block.dim, memory_frames(encoder)
+    blocks, proj, keep = memory_shape(encoder)
     example = (
         torch.zeros(2, 8, encoder.input_dim, device=device),
         torch.tensor([8, 3], device=device),
@@ -193,6 +194,17 @@ class ScoreServer:
         with self._cond:
             self._waiting.append((request, reply))
             self._cond.notify()
+
+    def ask(self, request: ScoreRequest, timeout: float | None = None) -> Scores:
+        """`submit` and wait for the answer: a worker's `Ask` within this process (tests, benchmarks)."""
+        answers: list[Scores | ScoreError] = []
+        done = threading.Event()
+        self.submit(request, lambda answer: (answers.append(answer), done.set()))
+        if not done.wait(timeout):
+            raise TimeoutError("the VAD score server did not answer")
+        if isinstance(answers[0], ScoreError):
+            raise RuntimeError(answers[0].message)
+        return answers[0]
 
     def stop(self) -> None:
         with self._cond:
@@ -247,9 +259,8 @@ class ScoreServer:
     def _inputs(self, requests: list[ScoreRequest], frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         dim = requests[0].feats.shape[1]
         feats = np.zeros((len(requests), frames, dim), dtype=np.float32)
-        blocks = len(self.encoder.fsmn)
-        proj = self.encoder.fsmn[0].fsmn_block.dim
-        memory = np.zeros((blocks, len(requests), proj, memory_frames(self.encoder), 1), dtype=np.float32)
+        blocks, proj, keep = memory_shape(self.encoder)
+        memory = np.zeros((blocks, len(requests), proj, keep, 1), dtype=np.float32)
         for b, r in enumerate(requests):
             feats[b, : r.feats.shape[0]] = r.feats
             if r.memory is not None:
