@@ -98,6 +98,11 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "mean_batch": round(segments / batches, 1) if batches else 0.0,
                 "gpu_thread_busy_share": round(busy / wall_s, 3) if wall_s else 0.0,
                 "host_thread_busy_share": _share(a, b, "host_busy_s", wall_s),
+                # the GPU's own time (gpu_clock.py): working, idle mid-batch for the host's CIF,
+                # idle between batches
+                "gpu_work_share": _share(a, b, "gpu_work_s", wall_s),
+                "gpu_cif_wait_share": _share(a, b, "gpu_cif_wait_s", wall_s),
+                "gpu_between_share": _share(a, b, "gpu_between_s", wall_s),
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
@@ -376,7 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         threads = [
             f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
             f"host thread {e.get('host_thread_busy_share') or 0:.0%}, "
-            f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}"
+            f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
+            f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
+            f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"
             for e in run.get("engines", [])
         ]
         print(f"    busy (per instance): {'; '.join(threads)}", flush=True)

@@ -49,6 +49,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
 
 log = logging.getLogger(__name__)
@@ -292,13 +293,15 @@ class GraphedModel:
             )
         return self._slots
 
-    def encode(self, feats: list[np.ndarray]) -> Encoded | None:
+    def encode(self, feats: list[np.ndarray], marks: BatchMarks | None = None) -> Encoded | None:
         """The encoder's output, the predictor's and the timestamp head's weights; None: run eagerly.
 
         Two graphs: the encoder with the predictor's weights, then the timestamp head. The
         predictor's weights are copied to the host between them, so that the host runs the
         integrate-and-fire recurrence (`cif.fire_tokens`) while the GPU runs the head's LSTM.
+        `marks`: where the batch's GPU work starts (START) and where its encoding ends (ENCODED).
         """
+        marks = marks or BatchMarks(self.device)
         lengths = [f.shape[0] for f in feats]
         shape = self._shape(len(feats), max(lengths))
         if shape is None or feats[0].shape[1] != 560:
@@ -307,6 +310,7 @@ class GraphedModel:
         _, b, t = self._choose(("encode", *shape))
         slots = self.slots()
         pad_features(feats, b, t, out=slots.host("feats", (b, t, 560)))
+        marks.mark(START)
         slots.send("feats", (b, t, 560))
         slots.stage("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
         if t not in self._positions:
@@ -328,6 +332,7 @@ class GraphedModel:
             self._run(("stamps", b, t), partial(self._timestamp_head, b, t))
             up = longest * self._upsample
             alphas = slots.view("timestamp_alphas", (b, t * self._upsample))[:n, :up].clone()
+        marks.mark(ENCODED)
         if copied is not None:
             copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from asrfleet.engines.funasr import cif, graphs
+from asrfleet.engines.funasr.gpu_clock import DECODING, END, START, BatchMarks, GpuClock
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
 from asrfleet.engines.funasr.token_times import token_times
 
@@ -53,7 +54,11 @@ class OnHost:
     token_lens: torch.Tensor | None = None  # (B,) tokens per segment
     encoder_lens: torch.Tensor | None = None  # (B,) encoder frames per segment
     alphas: torch.Tensor | None = None  # (B, T) the timestamp head's scaled weights, float32
-    ready: torch.cuda.Event | None = None  # on a GPU: the copies above are done once it is
+    marks: BatchMarks | None = None  # on a GPU: the copies above are done once its END is
+
+    @property
+    def ready(self) -> torch.cuda.Event | None:
+        return self.marks.events.get(END) if self.marks is not None else None
 
 
 class Recognizer:
@@ -67,6 +72,7 @@ class Recognizer:
         self.timestamps = hasattr(model, "calc_predictor_timestamp")
         self.cif_predictor = graphs.has_cif_predictor(model)
         self.graphs: graphs.GraphedModel | None = None
+        self.clock = GpuClock()  # read by `texts`' thread only, as each batch is done
         cif.install()
 
     def use_graphs(self, max_frames: int = graphs.MAX_GRAPH_FRAMES, capture: bool = True) -> bool:
@@ -119,24 +125,28 @@ class Recognizer:
         not waited for here: the GPU thread prepares the next batch while the GPU finishes this
         one, and `texts` waits for it (`OnHost.ready`).
         """
-        encoded = self._encode(feats)
-        embeds, token_lens = self._predict(encoded)
+        marks = BatchMarks(self.device)
+        encoded = self._encode(feats, marks)
+        embeds, token_lens = self._predict(encoded, marks)
         if int(token_lens.max()) < 1:
-            return OnHost(len(feats))
+            marks.mark(END)
+            return OnHost(len(feats), marks=marks)
         tokens = self._best_tokens(encoded.out, encoded.lengths, embeds, token_lens)
         alphas = None
         if self.timestamps:
             alphas = self._timestamp_alphas(encoded, token_lens)
         encoder_lens = graphs.to_host(encoded.lengths)
-        return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, graphs.record_event(self.device))
+        marks.mark(END)
+        return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
     def texts(self, batch: OnHost) -> list[SegmentText]:
         """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
-        if batch.tokens is None:
-            return [EMPTY] * batch.count
         if batch.ready is not None:
             batch.ready.synchronize()
+            self.clock.add(batch.marks)
+        if batch.tokens is None:
+            return [EMPTY] * batch.count
         stamps = None
         if batch.alphas is not None:
             threshold = self.model.predictor.threshold - 1e-4
@@ -147,12 +157,13 @@ class Recognizer:
             for i in range(batch.count)
         ]
 
-    def _encode(self, feats: list[np.ndarray]) -> graphs.Encoded:
+    def _encode(self, feats: list[np.ndarray], marks: BatchMarks) -> graphs.Encoded:
         """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and what the
         graphs computed besides: the predictor's and the timestamp head's weights."""
-        encoded = self.graphs.encode(feats) if self.graphs is not None else None
+        encoded = self.graphs.encode(feats, marks) if self.graphs is not None else None
         if encoded is not None:
             return encoded
+        marks.mark(START)
         speech, lengths = self._pad(feats)
         with self._dense():
             encoder_out, encoder_lens = self.model.encode(speech, lengths)
@@ -178,7 +189,7 @@ class Recognizer:
             scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, device_lens)
         return graphs.to_host(scores.argmax(dim=-1))
 
-    def _predict(self, encoded: graphs.Encoded) -> tuple[torch.Tensor, torch.Tensor]:
+    def _predict(self, encoded: graphs.Encoded, marks: BatchMarks) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, D) and token counts (B,) on the host: FunASR's `calc_predictor`,
         less what it computes for nothing.
 
@@ -196,18 +207,20 @@ class Recognizer:
         if alphas is None or sums is None:  # not computed by a graph: here, as the graph does
             weights, _ = graphs.cif_weights(p, encoder_out, frame_mask(encoder_lens, encoder_out.size(1)))
             alphas, sums = weights.cpu().numpy(), weights.sum(-1).cpu().numpy()
-        return self._predict_from_host(encoder_out, alphas, sums)
+        return self._predict_from_host(encoder_out, alphas, sums, marks)
 
     def _predict_from_host(
-        self, encoder_out: torch.Tensor, alphas: np.ndarray, sums: np.ndarray
+        self, encoder_out: torch.Tensor, alphas: np.ndarray, sums: np.ndarray, marks: BatchMarks
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`_predict` from the predictor's weights and their sums, on the host: the recurrence and
         the token counts there, in float32; only the embeddings' sums on the device."""
         p = self.model.predictor
         token_num = np.floor(sums) if p.tail_threshold > 0.0 else sums  # as `cif_weights`
         label_len = int(np.round(sums).astype(np.int32).max()) if sums.size else 0
+        fired = cif.fire_tokens(alphas, p.threshold)
+        marks.mark(DECODING)  # the GPU's next work: what it waited for since the encoder's
         hidden = graphs.with_tail_frame(p, encoder_out)
-        embeds = cif.embed_tokens(hidden, cif.fire_tokens(alphas, p.threshold), label_len)
+        embeds = cif.embed_tokens(hidden, fired, label_len)
         if p.tail_threshold > 0.0:
             embeds = embeds[:, : int(token_num.max())]
         return embeds, torch.from_numpy(np.round(token_num)).long()

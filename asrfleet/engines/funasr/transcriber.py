@@ -318,6 +318,8 @@ class FunasrTranscriber:
                 batch_budget_frames=self._scheduler.budget.max_frames,
                 oom_splits=s.oom_splits,
             )
+        if self._recognizer is not None and self._recognizer.clock.batches:
+            out.update(self._recognizer.clock.as_dict())
         graphs = self._recognizer.graphs if self._recognizer is not None else None
         if graphs is not None:
             g = graphs.stats

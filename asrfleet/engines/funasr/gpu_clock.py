@@ -1,0 +1,86 @@
+"""Where the GPU's time goes: working, or waiting for the host inside and between batches.
+
+The GPU thread's own clock (`SchedulerStats.busy_s`) says how long it spent on batches, not how
+long the GPU did: an instance can keep its GPU thread 97 % busy and its GPU less, because the GPU
+waits whenever the host has not yet queued the next piece of work. A batch waits for the host at
+two points: in the middle, while the host runs the integrate-and-fire recurrence on the
+predictor's weights (`recognize.py`), and between batches, while the GPU thread chooses and pads
+the next one. When the host's CPUs are slower (four instances on one host), these waits are
+what grows.
+
+Each batch marks the GPU's stream with timed CUDA events at those points (`BatchMarks`); the host
+thread, which waits for each batch's end anyway, adds up the intervals (`GpuClock.add`). A GPU
+event completes when the GPU reaches it, so the time from a mark queued after some work to the next
+mark is the GPU waiting whenever the host queued the second mark only after that work was done.
+On the CPU there are no events and nothing is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+# The marks of a batch, in stream order: the intervals between consecutive ones are named below.
+START, ENCODED, DECODING, END = "start", "encoded", "decoding", "end"
+
+
+@dataclass
+class BatchMarks:
+    """Timed events on the current stream of `device`, by name; none on the CPU."""
+
+    device: torch.device
+    events: dict[str, torch.cuda.Event] = field(default_factory=dict)
+
+    def mark(self, name: str) -> torch.cuda.Event | None:
+        """An event here in the stream; a thread that waits for it sleeps (see `graphs.record_event`)."""
+        if self.device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True, blocking=True)
+        event.record(torch.cuda.current_stream(self.device))
+        self.events[name] = event
+        return event
+
+
+@dataclass
+class GpuClock:
+    """Seconds of GPU time over all batches, read from their marks once each batch is done.
+
+    work_s: from each batch's start to its end, less the wait in its middle;
+    cif_wait_s: the GPU idle in a batch's middle, until the host queued the decoder's work;
+    between_s: the GPU idle from one batch's end to the next one's start (no work queued: the host
+    was choosing or padding the next batch, or there was none to run).
+    """
+
+    batches: int = 0
+    work_s: float = 0.0
+    cif_wait_s: float = 0.0
+    between_s: float = 0.0
+    _last_end: torch.cuda.Event | None = None
+
+    def add(self, marks: BatchMarks) -> None:
+        """Count a batch whose end mark has completed (called in batch order, by one thread)."""
+        events = marks.events
+        if START not in events or END not in events:
+            return
+        span = _seconds(events[START], events[END])
+        wait = 0.0
+        if ENCODED in events and DECODING in events:
+            wait = _seconds(events[ENCODED], events[DECODING])
+        self.batches += 1
+        self.work_s += span - wait
+        self.cif_wait_s += wait
+        if self._last_end is not None:
+            self.between_s += _seconds(self._last_end, events[START])
+        self._last_end = events[END]
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "gpu_work_s": round(self.work_s, 4),
+            "gpu_cif_wait_s": round(self.cif_wait_s, 4),
+            "gpu_between_s": round(self.between_s, 4),
+        }
+
+
+def _seconds(first: torch.cuda.Event, second: torch.cuda.Event) -> float:
+    return max(0.0, first.elapsed_time(second) / 1000.0)
