@@ -50,6 +50,7 @@ class InstanceConfig:
     max_duration_s: float = 5 * 3600.0
     max_queue: int = 256
     workers: int = 0
+    worker_threads: int = 1  # torch CPU threads in each audio worker (its filterbank, the VAD network)
     threads: int = 0
     in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
     temp_dir: Path | None = None
@@ -60,7 +61,7 @@ class InstanceConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
-        for field in ("port", "batch_size_s", "max_file_size", "max_queue"):
+        for field in ("port", "batch_size_s", "max_file_size", "max_queue", "worker_threads"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
         if self.max_duration_s <= 0:
@@ -102,6 +103,7 @@ class InstanceConfig:
             max_duration_s=args.max_duration,
             max_queue=args.max_queue,
             workers=args.workers,
+            worker_threads=args.worker_threads,
             threads=args.threads,
             in_process=args.in_process,
             temp_dir=Path(args.temp_dir) if args.temp_dir else None,
@@ -208,6 +210,12 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.workers,
         help="audio decoding/VAD processes per instance (0: choose from the CPU count)",
+    )
+    g.add_argument(
+        "--worker-threads",
+        type=int,
+        default=d.worker_threads,
+        help="torch CPU threads in each audio process: more shorten each preparation where CPUs are free",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

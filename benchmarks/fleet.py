@@ -245,6 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="where the instances run the VAD's network (default: theirs)",
     )
+    p.add_argument(
+        "--instance-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="pass this option to every instance, e.g. --instance-option=--worker-threads=2 (repeatable)",
+    )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -278,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--fp16")
     if args.vad_scores:
         common += ["--vad-scores", args.vad_scores]
+    common += args.instance_option
     c = args.per_instance_concurrency
     result = {
         "hardware": {**load.hardware(), "topology": cpu.topology()},
@@ -286,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         "per_instance_concurrency": c,
         "api": args.api,
         "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
+        "instance_options": args.instance_option,
         "runs": [],
     }
 

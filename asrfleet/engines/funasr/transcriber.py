@@ -141,6 +141,7 @@ class FunasrTranscriber:
             asr_dir=str(asr_dir),
             vad_dir=str(vad_dir),
             limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
+            threads=cfg.worker_threads,
             remote_scores=self._scores is not None,
         )
         self._pool = PreparePool(settings, self._worker_count(), self._on_message, self._scores)
