@@ -215,7 +215,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "--worker-threads",
         type=int,
         default=d.worker_threads,
-        help="torch CPU threads in each audio process: more shorten each preparation where CPUs are free",
+        help="torch CPU threads in each audio process; on the 4x H200 host 2 doubled their CPU a request "
+        "and slowed a fleet of 4 by half (benchmarks/results/README.md, session 14)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

@@ -35,7 +35,21 @@ def test_work_mid_batch_wait_and_gaps_between_batches():
     assert abs(clock.work_s - (0.017 + 0.015 + 0.020)) < 1e-9
     assert abs(clock.cif_wait_s - 0.003) < 1e-9
     assert abs(clock.between_s - 0.005) < 1e-9
-    assert clock.as_dict() == {"gpu_work_s": 0.052, "gpu_cif_wait_s": 0.003, "gpu_between_s": 0.005}
+    assert clock.as_dict() == {
+        "gpu_work_s": 0.052,
+        "gpu_cif_wait_s": 0.003,
+        "gpu_between_s": 0.005,
+        "gpu_idle_s": 0.0,
+    }
+
+
+def test_a_long_gap_is_an_idle_gpu_not_a_slow_host():
+    clock = GpuClock()
+    clock.add(marks(start=0.0, end=20.0))
+    clock.add(marks(start=30.0, end=50.0))  # 10 ms: the host was preparing this batch
+    clock.add(marks(start=2050.0, end=2070.0))  # 2 s: nothing came to run
+    assert abs(clock.between_s - 0.010) < 1e-9
+    assert abs(clock.idle_s - 2.0) < 1e-9
 
 
 def test_a_batch_without_its_end_mark_is_not_counted():
