@@ -51,6 +51,7 @@ import torch
 
 from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
+from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -248,8 +249,10 @@ class GraphedModel:
         dense: Dense,
         max_frames: int = MAX_GRAPH_FRAMES,
         capture: bool = True,
+        turns: Turns | None = None,
     ) -> None:
         self.model = model
+        self.turns = turns or Turns()  # where the GPU thread sleeps here (`turns.py`)
         self.device = device
         self.dense = dense  # the autocast and backend settings the model runs under
         self.max_frames = max_frames
@@ -334,7 +337,8 @@ class GraphedModel:
             alphas = slots.view("timestamp_alphas", (b, t * self._upsample))[:n, :up].clone()
         marks.mark(ENCODED)
         if copied is not None:
-            copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
+            with self.turns.gpu_thread_sleeps():
+                copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
         on_device = torch.tensor(lengths, dtype=torch.int64, device=self.device)
         return Encoded(out, on_device, alphas, cif_alphas, cif_sums)

@@ -29,6 +29,7 @@ from asrfleet.engines.funasr import cif, graphs
 from asrfleet.engines.funasr.gpu_clock import DECODING, END, START, BatchMarks, GpuClock
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
 from asrfleet.engines.funasr.token_times import token_times
+from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class Recognizer:
         self.cif_predictor = graphs.has_cif_predictor(model)
         self.graphs: graphs.GraphedModel | None = None
         self.clock = GpuClock()  # read by `texts`' thread only, as each batch is done
+        self.turns = Turns()  # the GPU thread's sleeps, when the host thread's `texts` runs
         cif.install()
 
     def use_graphs(self, max_frames: int = graphs.MAX_GRAPH_FRAMES, capture: bool = True) -> bool:
@@ -84,7 +86,9 @@ class Recognizer:
         if not graphs.supports(self.model):
             log.warning("CUDA graphs: %s is not supported; running eagerly", type(self.model).__name__)
             return False
-        self.graphs = graphs.GraphedModel(self.model, self.device, self._dense, max_frames, capture)
+        self.graphs = graphs.GraphedModel(
+            self.model, self.device, self._dense, max_frames, capture, turns=self.turns
+        )
         return True
 
     @contextmanager
@@ -113,8 +117,9 @@ class Recognizer:
         return self.texts(self.run(feats))
 
     def in_two_parts(self, feats: list[np.ndarray]) -> Callable[[], list[SegmentText]]:
-        """`run` now; `texts` as the function returned, for the scheduler's host thread."""
-        return partial(self.texts, self.run(feats))
+        """`run` now; `texts` as the function returned, for the scheduler's host thread, which
+        takes its turns on the GIL with the GPU thread (`turns.py`)."""
+        return partial(self.texts, self.run(feats), self.turns.host_turn)
 
     @torch.inference_mode()
     def run(self, feats: list[np.ndarray]) -> OnHost:
@@ -140,26 +145,27 @@ class Recognizer:
         return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
-    def texts(self, batch: OnHost) -> list[SegmentText]:
-        """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
+    def texts(self, batch: OnHost, wait_turn: Callable[[], None] | None = None) -> list[SegmentText]:
+        """The host's part of a batch: each segment's text and token timestamps. No GPU work.
+
+        `wait_turn`, called before each segment: where this runs beside the GPU thread.
+        """
         if batch.ready is not None:
             batch.ready.synchronize()
             self.clock.add(batch.marks)
         if batch.tokens is None:
             return [EMPTY] * batch.count
-        stamps = None
-        if batch.alphas is not None:
-            threshold = self.model.predictor.threshold - 1e-4
-            peaks = torch.from_numpy(cif.integrate_and_fire(batch.alphas.numpy(), threshold))
-            stamps = (batch.alphas, peaks)
-        return [
-            self._decode(i, batch.tokens[i, : batch.token_lens[i]].tolist(), batch.encoder_lens, stamps)
-            for i in range(batch.count)
-        ]
+        out = []
+        for i in range(batch.count):
+            if wait_turn is not None:
+                wait_turn()
+            out.append(self._decode(batch, i))
+        return out
 
-    def _encode(self, feats: list[np.ndarray], marks: BatchMarks) -> graphs.Encoded:
+    def _encode(self, feats: list[np.ndarray], marks: BatchMarks | None = None) -> graphs.Encoded:
         """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and what the
         graphs computed besides: the predictor's and the timestamp head's weights."""
+        marks = marks or BatchMarks(self.device)
         encoded = self.graphs.encode(feats, marks) if self.graphs is not None else None
         if encoded is not None:
             return encoded
@@ -245,21 +251,20 @@ class Recognizer:
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
         return graphs.to_host(alphas.float())
 
-    def _decode(
-        self,
-        i: int,
-        token_ids: list[int],
-        encoder_lens: torch.Tensor,
-        stamps: tuple[torch.Tensor, torch.Tensor] | None,
-    ) -> SegmentText:
+    def _decode(self, batch: OnHost, i: int) -> SegmentText:
+        """Segment `i`'s text and, from the timestamp head's weights, its tokens' times."""
         from funasr.utils import postprocess_utils
 
         m = self.model
+        token_ids = batch.tokens[i, : batch.token_lens[i]].tolist()
         ids = [t for t in token_ids if t not in (m.eos, m.sos, m.blank_id)]
         tokens = self.tokenizer.ids2tokens(ids)
-        if stamps is None:
+        if batch.alphas is None:
             return SegmentText(self.tokenizer.tokens2text(tokens), [])
-        n = int(encoder_lens[i]) * m.predictor.upsample_times
-        timestamp = token_times(stamps[0][i][:n], stamps[1][i][:n], tokens)
+        n = int(batch.encoder_lens[i]) * m.predictor.upsample_times
+        alphas = batch.alphas[i, :n]
+        # The recurrence runs along each row: over the segment's own frames, as over its padded row.
+        fired = cif.integrate_and_fire(alphas.numpy()[None], m.predictor.threshold - 1e-4)[0]
+        timestamp = token_times(alphas, torch.from_numpy(fired), tokens)
         text, timestamps, _ = postprocess_utils.sentence_postprocess(tokens, timestamp)
         return SegmentText(text, timestamps)

@@ -32,6 +32,7 @@ from queue import Queue
 import numpy as np
 
 from asrfleet.engines.funasr.recognize import SegmentText
+from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,15 @@ class SchedulerStats:
 
 class BatchScheduler:
     def __init__(
-        self, recognize: Recognize, budget: Budget, on_results: OnResults, on_error: OnError
+        self,
+        recognize: Recognize,
+        budget: Budget,
+        on_results: OnResults,
+        on_error: OnError,
+        turns: Turns | None = None,
     ) -> None:
         self.recognize = recognize
+        self.turns = turns or Turns()  # where the GPU thread sleeps here (`turns.py`)
         self.budget = budget
         self.on_results = on_results
         self.on_error = on_error
@@ -128,7 +135,8 @@ class BatchScheduler:
         while True:
             with self._cond:
                 while not self._stopped and not any(q.segments for q in self._queues.values()):
-                    self._cond.wait()
+                    with self.turns.gpu_thread_sleeps():
+                        self._cond.wait()
                 if self._stopped:
                     return
                 batch = self._take_batch()
@@ -151,7 +159,8 @@ class BatchScheduler:
             self._fail(batch, err)
             return
         self._account(batch, time.perf_counter() - started)
-        self._ran.put((batch, finish))
+        with self.turns.gpu_thread_sleeps():  # when the host thread is behind
+            self._ran.put((batch, finish))
 
     def _run_host(self) -> None:
         while (item := self._ran.get()) is not None:
