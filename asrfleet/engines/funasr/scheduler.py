@@ -17,7 +17,8 @@ does only the first and hands the second to a host thread, so the GPU starts on 
 meanwhile. Under load on an H200 the GPU thread was busy 97-98 % of the time with batches of about
 ten 5-second segments, whose host part takes a few ms on the CI machine's CPU; handing it over
 took one instance from 1 351x to 1 485x real time (`benchmarks/results/README.md`). At most
-`_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits.
+`_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits. The host thread
+runs only while the GPU thread sleeps, or after a short wait (`turns.py`): both need the GIL.
 """
 
 from __future__ import annotations
