@@ -27,6 +27,7 @@ def test_argv_round_trip():
         max_file_size=2**20,
         max_duration_s=60.0,
         workers=3,
+        worker_threads=2,
         threads=2,
         in_process=True,
         temp_dir=Path("/t"),
@@ -45,7 +46,10 @@ def test_whisper_takes_no_vad_or_punc():
     assert (c.model, c.vad_model, c.punc_model) == ("large-v3", None, None)
 
 
-@pytest.mark.parametrize("argv", [["--port", "0"], ["--max-file-size", "lots"], ["--engine", "kaldi"]])
+@pytest.mark.parametrize(
+    "argv",
+    [["--port", "0"], ["--max-file-size", "lots"], ["--engine", "kaldi"], ["--worker-threads", "0"]],
+)
 def test_bad_arguments(argv):
     with pytest.raises((SystemExit, ValueError)):
         InstanceConfig.from_argv(argv)
