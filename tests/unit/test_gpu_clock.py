@@ -60,7 +60,8 @@ def test_a_batch_without_its_end_mark_is_not_counted():
 
 def test_on_the_cpu_nothing_is_marked():
     cpu = BatchMarks(torch.device("cpu"))
-    assert cpu.mark(START) is None and cpu.events == {}
+    cpu.mark(START)
+    assert cpu.events == {}
     clock = GpuClock()
     clock.add(cpu)
     assert clock.batches == 0

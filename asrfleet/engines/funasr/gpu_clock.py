@@ -39,14 +39,14 @@ class BatchMarks:
     device: torch.device
     events: dict[str, torch.cuda.Event] = field(default_factory=dict)
 
-    def mark(self, name: str) -> torch.cuda.Event | None:
-        """An event here in the stream; a thread that waits for it sleeps (see `graphs.record_event`)."""
+    def mark(self, name: str) -> None:
+        """An event `name` here in the stream; a thread that waits for it sleeps (see
+        `graphs.record_event`)."""
         if self.device.type != "cuda":
-            return None
+            return
         event = torch.cuda.Event(enable_timing=True, blocking=True)
         event.record(torch.cuda.current_stream(self.device))
         self.events[name] = event
-        return event
 
 
 @dataclass

@@ -264,7 +264,7 @@ class Recognizer:
         n = int(batch.encoder_lens[i]) * m.predictor.upsample_times
         alphas = batch.alphas[i, :n]
         # The recurrence runs along each row: over the segment's own frames, as over its padded row.
-        fired = cif.integrate_and_fire(alphas.numpy()[None], m.predictor.threshold - 1e-4)[0]
-        timestamp = token_times(alphas, torch.from_numpy(fired), tokens)
+        peaks = cif.cif_wo_hidden(alphas.unsqueeze(0), m.predictor.threshold - 1e-4)[0]
+        timestamp = token_times(alphas, peaks, tokens)
         text, timestamps, _ = postprocess_utils.sentence_postprocess(tokens, timestamp)
         return SegmentText(text, timestamps)
