@@ -24,9 +24,10 @@ drift. "vs_one_instance" compares with the mean of every measurement alone in th
 
 The same recordings everywhere, repeated --repeat times per instance, so that every measurement
 lasts about as long (a short one weighs its ramp at start and end more). Each measurement
-follows an uncounted warm-up (4 x its concurrency requests, again while they record a new CUDA
-graph, up to 3 times), and reports the CPU seconds of every role (`benchmarks/cpu.py`) and what
-each instance's GPU thread did, counted from the moment every client process is ready.
+follows an uncounted warm-up (--warm-up x its concurrency requests, 4 by default, again while
+they record a new CUDA graph, up to 3 times), and reports the CPU seconds of every role
+(`benchmarks/cpu.py`) and what each instance's GPU thread did, counted from the moment every
+client process is ready.
 
 These hosts are virtual machines that share physical CPUs with other tenants. When the
 hypervisor took more than --max-steal of the host's CPU time during a measurement (/proc/stat's
@@ -158,6 +159,13 @@ def warm_up(
     return [after - start for after, start in zip(graph_counts(members), first, strict=True)]
 
 
+def warm_up_set(recordings: list, members: int, users: int, per_client: int) -> list:
+    """What a measurement's warm-up sends: `per_client` requests for each of its `users` clients,
+    taken in order from the measurement's own workload (`recordings` for each member), and never
+    more than that workload."""
+    return (recordings * members)[: per_client * users]
+
+
 def disturbed(stolen: float, limit: float) -> str:
     return f"the hypervisor took {stolen:.1%} of the host's CPU time (limit {limit:.1%}): measured again"
 
@@ -252,6 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="OPTION",
         help="pass this option to every instance, e.g. --instance-option=--worker-threads=2 (repeatable)",
     )
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        default=4,
+        help="requests per client sent before each measurement, uncounted (again while they record "
+        "a CUDA graph, up to 3 times); more lets fewer recordings fall inside the measurement",
+    )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
@@ -292,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "files_per_instance": len(recordings),
         "audio_s_per_instance": round(total_s(recordings), 1),
         "per_instance_concurrency": c,
+        "warm_up_per_client": args.warm_up,
         "api": args.api,
         "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
         "instance_options": args.instance_option,
@@ -300,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(config: str, members: list[int], url: str | list[str]) -> None:
         users = c * len(members)
-        graphs = warm_up(members, url, recordings[: 4 * users], users, args.procs, args.api, passes=3)
+        sent = warm_up_set(recordings, len(members), users, args.warm_up)
+        graphs = warm_up(members, url, sent, users, args.procs, args.api, passes=3)
         for attempt in range(1 + args.retries):
             run = measure_once(config, members, url, users)
             run["warm_up_graphs"] = graphs

@@ -231,3 +231,13 @@ def test_pinned_counters_run_where_they_are_put():
     cpus = sorted(os.sched_getaffinity(0))[:2]
     rates = pinned(cpus, 0.1)
     assert sorted(rates) == cpus and all(r > 0 for r in rates.values())
+
+
+def test_a_measurements_warm_up_sends_so_many_requests_a_client_from_its_own_workload():
+    from benchmarks.fleet import warm_up_set
+
+    recordings = ["a", "b", "c"]
+    assert warm_up_set(recordings, members=2, users=2, per_client=1) == ["a", "b"]
+    assert warm_up_set(recordings, members=2, users=2, per_client=2) == ["a", "b", "c", "a"]
+    # more than the workload holds: all of it, once
+    assert warm_up_set(recordings, members=2, users=2, per_client=40) == recordings * 2
