@@ -24,8 +24,12 @@ drift. "vs_one_instance" compares with the mean of every measurement alone in th
 
 The same recordings everywhere, repeated --repeat times per instance, so that every measurement
 lasts about as long (a short one weighs its ramp at start and end more). Each measurement
-follows an uncounted warm-up (--warm-up x its concurrency requests, 4 by default, again while
-they record a new CUDA graph, up to 3 times), and reports the CPU seconds of every role
+follows an uncounted warm-up (--warm-up x its concurrency requests, again while they record a
+new CUDA graph, up to 3 times). A workload's rarer batch shapes keep bringing new CUDA graphs for
+thousands of requests, and each one recorded inside a measurement cost it about 0.75 % (session
+15); the default, 40 requests a client, leaves few of them inside (with 4, the default until
+session 15, the first measurements alone recorded 10-22 and ran 8 % slower than the last ones,
+which flattered the fleet's ratio). Each measurement reports the CPU seconds of every role
 (`benchmarks/cpu.py`) and what each instance's GPU thread did, counted from the moment every
 client process is ready.
 
@@ -263,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--warm-up",
         type=int,
-        default=4,
+        default=40,
         help="requests per client sent before each measurement, uncounted (again while they record "
-        "a CUDA graph, up to 3 times); more lets fewer recordings fall inside the measurement",
+        "a CUDA graph, up to 3 times), so that few recordings fall inside the measurement (default "
+        "40; 4 until session 15)",
     )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
