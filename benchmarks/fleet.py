@@ -275,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.warm_up < 1:
+        p.error("--warm-up must be at least 1 request per client")
     if args.procs % args.gpus or (args.gpus >= 4 and args.procs % 2):
         p.error(
             "--procs must be a multiple of --gpus (and of 2 from 4 GPUs), so that the measurements "
