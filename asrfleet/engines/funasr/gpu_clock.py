@@ -40,13 +40,10 @@ class BatchMarks:
     events: dict[str, torch.cuda.Event] = field(default_factory=dict)
 
     def mark(self, name: str) -> None:
-        """An event `name` here in the stream; a thread that waits for it sleeps (see
-        `graphs.record_event`)."""
-        if self.device.type != "cuda":
-            return
-        event = torch.cuda.Event(enable_timing=True, blocking=True)
-        event.record(torch.cuda.current_stream(self.device))
-        self.events[name] = event
+        """A timed event `name` here in the stream (`record_event`)."""
+        event = record_event(self.device, timing=True)
+        if event is not None:
+            self.events[name] = event
 
 
 @dataclass
@@ -95,6 +92,17 @@ class GpuClock:
             "gpu_between_s": round(self.between_s, 4),
             "gpu_idle_s": round(self.idle_s, 4),
         }
+
+
+def record_event(device: torch.device, timing: bool = False) -> torch.cuda.Event | None:
+    """On a GPU, an event at this point of the current stream, timed if asked; a thread that waits
+    for it sleeps (as `device.set_gpu_wait` makes the other waits). None on the CPU: nothing to
+    wait for."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event(enable_timing=timing, blocking=True)
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 def _seconds(first: torch.cuda.Event, second: torch.cuda.Event) -> float:

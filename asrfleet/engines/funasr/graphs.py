@@ -49,7 +49,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks
+from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks, record_event
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
 from asrfleet.engines.funasr.turns import Turns
 
@@ -457,16 +457,6 @@ def pad_features(
         batch[i, f.shape[0] :] = 0
     batch[len(feats) :] = 0
     return batch
-
-
-def record_event(device: torch.device) -> torch.cuda.Event | None:
-    """On a GPU, an event at this point of the current stream; a thread that waits for it sleeps
-    (as `device.set_gpu_wait` makes the other waits). None on the CPU: nothing to wait for."""
-    if device.type != "cuda":
-        return None
-    event = torch.cuda.Event(blocking=True)
-    event.record(torch.cuda.current_stream(device))
-    return event
 
 
 def to_host(tensor: torch.Tensor) -> torch.Tensor:
