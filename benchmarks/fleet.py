@@ -163,11 +163,10 @@ def warm_up(
     return [after - start for after, start in zip(graph_counts(members), first, strict=True)]
 
 
-def warm_up_set(recordings: list, members: int, users: int, per_client: int) -> list:
+def warm_up_set(workload: list, users: int, per_client: int) -> list:
     """What a measurement's warm-up sends: `per_client` requests for each of its `users` clients,
-    taken in order from the measurement's own workload (`recordings` for each member), and never
-    more than that workload."""
-    return (recordings * members)[: per_client * users]
+    taken in order from the measurement's own workload, and never more than that workload."""
+    return workload[: per_client * users]
 
 
 def disturbed(stolen: float, limit: float) -> str:
@@ -323,10 +322,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(config: str, members: list[int], url: str | list[str]) -> None:
         users = c * len(members)
-        sent = warm_up_set(recordings, len(members), users, args.warm_up)
+        workload = recordings * len(members)
+        sent = warm_up_set(workload, users, args.warm_up)
         graphs = warm_up(members, url, sent, users, args.procs, args.api, passes=3)
         for attempt in range(1 + args.retries):
-            run = measure_once(config, members, url, users)
+            run = measure_once(config, members, url, users, workload)
             run["warm_up_graphs"] = graphs
             result["runs"].append(run)
             print(f"{config}: {run['levels'][0]['rtfx']}x real time", flush=True)
@@ -336,8 +336,9 @@ def main(argv: list[str] | None = None) -> int:
             run["superseded"] = disturbed(stolen, args.max_steal)
             print(f"{config}: {run['superseded']}", flush=True)
 
-    def measure_once(config: str, members: list[int], url: str | list[str], users: int) -> dict:
-        workload = recordings * len(members)
+    def measure_once(
+        config: str, members: list[int], url: str | list[str], users: int, workload: list
+    ) -> dict:
         start: dict = {}
 
         def started() -> None:  # as the clients start, after their processes have imported

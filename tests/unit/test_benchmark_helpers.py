@@ -237,7 +237,8 @@ def test_a_measurements_warm_up_sends_so_many_requests_a_client_from_its_own_wor
     from benchmarks.fleet import warm_up_set
 
     recordings = ["a", "b", "c"]
-    assert warm_up_set(recordings, members=2, users=2, per_client=1) == ["a", "b"]
-    assert warm_up_set(recordings, members=2, users=2, per_client=2) == ["a", "b", "c", "a"]
+    workload = recordings * 2  # two members
+    assert warm_up_set(workload, users=2, per_client=1) == ["a", "b"]
+    assert warm_up_set(workload, users=2, per_client=2) == ["a", "b", "c", "a"]
     # more than the workload holds: all of it, once
-    assert warm_up_set(recordings, members=2, users=2, per_client=40) == recordings * 2
+    assert warm_up_set(workload, users=2, per_client=40) == recordings * 2
