@@ -23,7 +23,7 @@ WHISPER_DEFAULT = "large-v3"
 ENGINES = ("paraformer", "whisper")
 DEVICES = ("auto", "cpu", "cuda")
 GPU_WAITS = ("block", "spin")
-VAD_SCORES = ("workers", "engine")
+VAD_SCORES = ("workers", "engine", "process")
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class InstanceConfig:
     fp16: bool = False
     no_cuda_graphs: bool = False  # every batch op by op (debugging; slower for short segments)
     gpu_wait: str = "block"  # how the engine waits for the GPU: "block" (sleeps) or "spin"
-    vad_scores: str = "workers"  # where FSMN-VAD's network runs: "workers" or "engine" (vad_scores.py)
+    vad_scores: str = "workers"  # where FSMN-VAD's network runs: "workers", "engine" or "process"
     gpu_memory_share: float = 0.5  # of the GPU memory free at startup, for batches
     batch_size_s: int = 300
     max_file_size: int = 1024**3
@@ -187,8 +187,9 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=VAD_SCORES,
         default=d.vad_scores,
         help="where FSMN-VAD's network runs (paraformer): in each audio worker on the CPU (the "
-        "default), or batched in the engine process on its device: a third less CPU a request in the "
-        "workers, but slower on the 4x H200 host (benchmarks/results/README.md, session 13)",
+        "default); batched on the instance's device in the engine process (engine: slower on the 4x "
+        "H200 host, benchmarks/results/README.md, session 13) or in a process of its own (process); "
+        "both take a third of the CPU a request off the workers",
     )
     g.add_argument(
         "--gpu-memory-share",

@@ -6,7 +6,8 @@ Also, by role, how long its threads waited for a CPU while ready to run (the sch
 queue, /proc/PID/task/TID/schedstat): CPU seconds say how much work a role did, the wait says
 whether the host kept it from doing more. Roles follow the process tree: an instance's web
 server (`python -m instances`), its engine process (the web server's child), the engine's audio
-workers (its children), nginx, supervisord, and the load generator: this process here; its
+workers (its children), its VAD scorer (the child named `vad_scorer.PROCESS_NAME`, with
+`--vad-scores process`), nginx, supervisord, and the load generator: this process here; its
 client processes report their own CPU from the moment they start sending (`load.run_level`),
 since what the kernel reports for reaped children includes their start-up. Also the host's busy
 share over the interval, from /proc/stat, and its steal share: in a virtual machine, the time its
@@ -19,6 +20,8 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+
+from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -35,18 +38,22 @@ class Snapshot:
 
 
 def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command line, CPU seconds)."""
+    """pid -> (parent pid, command line, CPU seconds); the command line is the process's name
+    (/proc/PID/comm) for one that named itself `vad_scorer.PROCESS_NAME`."""
     out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", encoding="utf-8") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                head, _, tail = f.read().rpartition(")")
+            fields = tail.split()
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
+        if head.partition("(")[2] == PROCESS_NAME:  # stat's second field: the name, in brackets
+            cmdline = PROCESS_NAME
         out[int(name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
     return out
 
@@ -79,6 +86,8 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
             roles[pid] = "nginx"
         elif "supervisord" in cmdline:
             roles[pid] = "supervisord"
+        elif cmdline == PROCESS_NAME:
+            roles[pid] = "vad scorer"
     below = {"web": "engine", "engine": "workers"}
     for _ in range(2):  # engines are children of web servers, workers of engines
         for pid, (parent, _, _) in procs.items():

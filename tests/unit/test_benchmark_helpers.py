@@ -6,7 +6,7 @@ import os
 import time
 from contextlib import contextmanager
 
-from benchmarks.cpu import Snapshot, host_jiffies, used, waited
+from benchmarks.cpu import PROCESS_NAME, Snapshot, _roles, host_jiffies, used, waited
 from benchmarks.fleet import engine_deltas, stage_ms, summarise
 from benchmarks.host_cpus import speeds
 
@@ -51,6 +51,19 @@ def test_run_queue_waits_add_up_by_role_and_keep_the_event_loops_apart():
     # pid 4 started during the measurement: all its waiting counts
     after = _snapshot({1: (1.25, 3.0), 2: (0.0, 0.75), 3: (1.0, 1.5), 4: (0.125, 0.5)})
     assert waited(before, after) == {"engine": 0.25, "web": 2.0, "web main thread": 0.75, "workers": 0.5}
+
+
+def test_roles_follow_the_process_tree_and_the_scorer_s_name():
+    spawn = "python3 -c from multiprocessing.spawn import spawn_main; spawn_main() --multiprocessing-fork"
+    procs = {
+        10: (1, "python3 -m instances --port 6006", 0.0),
+        11: (10, spawn, 0.0),  # its engine
+        12: (11, spawn, 0.0),  # an audio worker
+        13: (11, PROCESS_NAME, 0.0),  # the VAD scorer, named by itself
+        20: (1, "nginx: worker process", 0.0),
+        30: (1, "bash", 0.0),
+    }
+    assert _roles(procs) == {10: "web", 11: "engine", 12: "workers", 13: "vad scorer", 20: "nginx"}
 
 
 def test_host_jiffies_count_steal_as_busy_and_guest_time_once():

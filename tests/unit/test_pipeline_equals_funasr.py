@@ -94,12 +94,14 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
         assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
 
 
-def test_the_vad_network_in_the_engine_changes_no_transcript(
-    model_dirs, vad_dir, reference_pipeline, recordings
+@pytest.mark.parametrize("place", ["engine", "process"])
+def test_the_vad_network_outside_the_workers_changes_no_transcript(
+    model_dirs, vad_dir, reference_pipeline, recordings, place
 ):
-    """`--vad-scores engine`: the workers ask the engine for the VAD
-    network's output, batched across requests (`vad_scores.py`). The same transcripts."""
-    transcriber = make(model_dirs, vad_dir, vad_scores="engine")
+    """`--vad-scores engine` and `process`: the workers ask the engine, or a scorer process of
+    its own, for the VAD network's output, batched across requests (`vad_scores.py`,
+    `vad_scorer.py`). The same transcripts."""
+    transcriber = make(model_dirs, vad_dir, vad_scores=place)
     try:
         with ThreadPoolExecutor(16) as pool:
             transcripts = list(pool.map(lambda p: transcriber.transcribe(p, TranscribeOptions()), recordings))

@@ -25,7 +25,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
-from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, Scores, ScoreServer
+from asrfleet.engines.funasr.vad_scorer import ScorerClient
+from asrfleet.engines.funasr.vad_scores import Ask, ScoreError, ScoreRequest, Scores, ScoreServer
 from asrfleet.errors import AsrError, BadAudio
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,12 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
     # of decoding must not keep them waiting, since they serve every request already prepared.
     os.nice(WORKER_NICENESS)
     parent = os.getppid()
-    preparer = Preparer(settings, partial(_ask_engine, tasks, results, worker_id, parent))
+    ask: Ask = (
+        ScorerClient(settings.scorer)
+        if settings.scorer is not None
+        else partial(_ask_engine, tasks, results, worker_id, parent)
+    )
+    preparer = Preparer(settings, ask)
     results.put(("ready", worker_id, None, None))
     while True:
         try:
@@ -122,7 +128,8 @@ class _Job:
 class PreparePool:
     """`workers` processes preparing files; `on_message(job_id, message)` receives their output.
 
-    `scores`: where the workers' VAD score requests go, when `settings.remote_scores` is set.
+    `scores`: where the workers' VAD score requests go, when `settings.remote_scores` is set and
+    `settings.scorer` is not (a scorer process, which the workers ask themselves).
     """
 
     def __init__(
@@ -132,8 +139,8 @@ class PreparePool:
         on_message: Callable[[str, Message], None],
         scores: ScoreServer | None = None,
     ):
-        if settings.remote_scores and scores is None:
-            raise ValueError("remote VAD scores need a ScoreServer")
+        if settings.remote_scores and scores is None and settings.scorer is None:
+            raise ValueError("remote VAD scores need a ScoreServer or a scorer process")
         self.settings = settings
         self.on_message = on_message
         self.scores = scores

@@ -18,6 +18,7 @@ import numpy as np
 from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
 from asrfleet.engines.funasr import vad_frames, vad_scores
 from asrfleet.engines.funasr.features import FbankReuse, build_frontend
+from asrfleet.engines.funasr.vad_scorer import ScorerAddress
 from asrfleet.errors import NoSpeech
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,10 @@ class PrepareSettings:
     # Recordings up to this long reuse the VAD's filterbank for the ASR features (features.py);
     # keeping it costs 32 kB a second, half as much again as the decoded samples.
     reuse_fbank_s: float = 1200.0
-    # The VAD's network runs in the engine (`vad_scores.py`): the worker asks for its output.
+    # The VAD's network runs elsewhere (`vad_scores.py`): the worker asks for its output, from the
+    # scorer process at `scorer` (`vad_scorer.py`), or else from the engine.
     remote_scores: bool = False
+    scorer: ScorerAddress | None = None
 
 
 @dataclass(frozen=True)

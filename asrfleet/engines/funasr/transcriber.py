@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
 from asrfleet.engines.funasr.punctuate import Punctuator
 from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget
+from asrfleet.engines.funasr.vad_scorer import ScorerProcess
 from asrfleet.engines.funasr.vad_scores import ScoreServer
 from asrfleet.errors import AsrError, BadRequest, Busy
 from asrfleet.hub import ModelRequest, resolve
@@ -97,7 +98,8 @@ class FunasrTranscriber:
         self._lock = threading.Lock()
         self._admission = Admission(config.max_queue)
         self._pool: PreparePool | None = None
-        self._scores: ScoreServer | None = None
+        self._scores: ScoreServer | None = None  # --vad-scores engine
+        self._scorer: ScorerProcess | None = None  # --vad-scores process
         self._scheduler: BatchScheduler | None = None
         self._recognizer: Recognizer | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
@@ -136,39 +138,62 @@ class FunasrTranscriber:
         )
         self._warm_up(recognizer)
         self._scheduler.start()
-        self._scores = self._score_server(vad_dir)
-        settings = PrepareSettings(
-            asr_dir=str(asr_dir),
-            vad_dir=str(vad_dir),
-            limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
-            threads=cfg.worker_threads,
-            remote_scores=self._scores is not None,
-        )
-        self._pool = PreparePool(settings, self._worker_count(), self._on_message, self._scores)
-        self._pool.wait_ready()
+        try:
+            self._start_processes(asr_dir, vad_dir)
+        except BaseException:
+            # Its children ignore SIGTERM (they outlive a signal to the process group), so
+            # multiprocessing's exit, which terminates and then joins them, would wait for ever.
+            self.close()
+            raise
         self._admission.open()
         log.info(
             "ready: %s on %s, %d audio workers, VAD network in the %s, batches of up to %d padded frames",
             self.model_name,
             self.device,
             self._pool.size,
-            "workers" if self._scores is None else "engine",
+            self._scoring_place(),
             budget.max_frames,
         )
 
-    def _score_server(self, vad_dir: Path) -> ScoreServer | None:
-        """The engine's server of VAD scores (`vad_scores.py`), or None: the workers run the network."""
+    def _start_processes(self, asr_dir: Path, vad_dir: Path) -> None:
+        """The audio workers, and the VAD's scorer process if they ask one."""
+        cfg = self.config
+        self._start_scoring(vad_dir)
+        settings = PrepareSettings(
+            asr_dir=str(asr_dir),
+            vad_dir=str(vad_dir),
+            limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
+            threads=cfg.worker_threads,
+            remote_scores=self._scores is not None or self._scorer is not None,
+            scorer=self._scorer.address if self._scorer is not None else None,
+        )
+        self._pool = PreparePool(settings, self._worker_count(), self._on_message, self._scores)
+        self._pool.wait_ready()
+
+    def _start_scoring(self, vad_dir: Path) -> None:
+        """Where the VAD's network runs, unless in the workers: a server in this process
+        (`vad_scores.py`) or a scorer process (`vad_scorer.py`)."""
         from funasr import AutoModel
 
-        if self.config.vad_scores == "workers":
-            return None
+        place = self.config.vad_scores
+        if place == "workers":
+            return
+        # For the scorer process, only to check the network here: the process loads its own.
+        device = self.device if place == "engine" else "cpu"
         model, _ = AutoModel.build_model(
-            model=str(vad_dir), device=self.device, disable_update=True, disable_log=True
+            model=str(vad_dir), device=device, disable_update=True, disable_log=True
         )
         if not vad_scores.supports(model.encoder):
             log.warning("the VAD's network (%s) runs in the workers", type(model.encoder).__name__)
-            return None
-        return ScoreServer(model.encoder, self.device)
+        elif place == "engine":
+            self._scores = ScoreServer(model.encoder, self.device)
+        else:
+            self._scorer = ScorerProcess(str(vad_dir), self.device)
+
+    def _scoring_place(self) -> str:
+        if self._scorer is not None:
+            return "scorer process"
+        return "workers" if self._scores is None else "engine"
 
     def _model_dirs(self) -> tuple[Path, Path, Path | None]:
         cfg = self.config
@@ -331,13 +356,12 @@ class FunasrTranscriber:
                 eager_batches=g.eager,
             )
         if self._scores is not None:
-            v = self._scores.stats
-            out["vad_scores"] = {
-                "batches": v.batches,
-                "chunks": v.chunks,
-                "frames": v.frames,
-                "busy_s": round(v.busy_s, 3),
-            }
+            out["vad_scores"] = score_counters(asdict(self._scores.stats))
+        if self._scorer is not None:
+            try:
+                out["vad_scores"] = score_counters(self._scorer.stats())
+            except (OSError, EOFError):  # being started again: its counters start over anyway
+                out["vad_scores"] = {"restarts": self._scorer.restarts}
         out.update(gpu_memory(self.device))
         return out
 
@@ -349,6 +373,8 @@ class FunasrTranscriber:
             self._scheduler.stop()
         if self._scores is not None:
             self._scores.stop()
+        if self._scorer is not None:
+            self._scorer.close()
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
@@ -366,6 +392,11 @@ def _settle(future: Future, outcome: object) -> None:
             future.set_result(outcome)
     except InvalidStateError:
         pass
+
+
+def score_counters(counters: dict) -> dict:
+    """The VAD server's counters as the stats show them (`vad_scores.ScoreStats`)."""
+    return {**counters, "busy_s": round(counters["busy_s"], 3)}
 
 
 def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str, share: float = 0.5) -> Budget:

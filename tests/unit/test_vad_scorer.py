@@ -1,0 +1,109 @@
+"""`vad_scorer`: the VAD's network in a process of its own, asked by the workers over a socket
+(the real fsmn-vad, on the CPU). What a worker gets from it is what FunASR's own network gives."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import media
+from asrfleet.engines.funasr import vad_scores
+from asrfleet.engines.funasr.vad_scorer import ScorerAddress, ScorerClient, ScorerProcess
+from asrfleet.engines.funasr.vad_scores import ScoreRequest
+from asrfleet.errors import AsrError
+
+QUIET = {"disable_update": True, "disable_pbar": True, "disable_log": True}
+
+
+@pytest.fixture(scope="module")
+def encoder(vad_dir):
+    from funasr import AutoModel
+
+    model, _ = AutoModel.build_model(model=str(vad_dir), device="cpu", **QUIET)
+    return model.encoder.eval()
+
+
+@pytest.fixture(scope="module")
+def scorer(vad_dir):
+    scorer = ScorerProcess(str(vad_dir), "cpu")
+    yield scorer
+    scorer.close()
+
+
+def funasr_scores(encoder, feats: np.ndarray) -> torch.Tensor:
+    with torch.inference_mode():
+        return encoder(torch.from_numpy(feats)[None], {})[0]
+
+
+def test_a_worker_gets_the_scores_funasr_s_network_gives(encoder, scorer):
+    rng = np.random.default_rng(3)
+    client = ScorerClient(scorer.address)
+    before = scorer.stats()["chunks"]
+    for frames, columns in ((120, 1), (7, 3)):
+        feats = rng.standard_normal((frames, 400)).astype(np.float32)
+        answer = client(ScoreRequest(feats, None, columns))
+        expected = funasr_scores(encoder, feats)[:, :columns]
+        assert answer.scores.shape == (frames, columns)
+        torch.testing.assert_close(torch.from_numpy(answer.scores), expected, rtol=1e-5, atol=1e-5)
+    assert scorer.stats()["chunks"] - before == 2
+
+
+def test_the_vad_asking_the_scorer_finds_funasr_s_segments(vad_dir, scorer):
+    from funasr import AutoModel
+
+    samples = media.conversation(media.ZH_SENTENCES[:4], pause_s=1.5)
+    own = AutoModel(model=str(vad_dir), device="cpu", **QUIET)
+    remote = AutoModel(model=str(vad_dir), device="cpu", **QUIET)
+    assert vad_scores.install_remote(remote.model, ScorerClient(scorer.address))
+    for chunk_ms in (60000, 700):  # the whole recording at once, and in chunks with memory carried
+        expected = own.generate(input=samples, chunk_size=chunk_ms)[0]["value"]
+        assert len(expected) >= 3
+        assert remote.generate(input=samples, chunk_size=chunk_ms)[0]["value"] == expected
+
+
+def test_a_killed_scorer_is_started_again_and_workers_reconnect(vad_dir):
+    scorer = ScorerProcess(str(vad_dir), "cpu")
+    try:
+        client = ScorerClient(scorer.address)
+        request = ScoreRequest(np.zeros((10, 400), np.float32), None, 1)
+        first = client(request)
+        old = scorer.pid
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while (scorer.restarts == 0 or scorer.pid == old) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert scorer.restarts == 1 and scorer.pid != old
+        again = client(request)  # its connection died with the old scorer: it connects anew
+        np.testing.assert_array_equal(again.scores, first.scores)
+    finally:
+        scorer.close()
+    assert not Path(scorer.address.path).exists()
+
+
+def test_the_scorer_ignores_a_signal_to_its_process_group(scorer):
+    """supervisord stops an instance with SIGTERM to its group: the engine stops the scorer after
+    the requests in flight, not the signal."""
+    os.kill(scorer.pid, signal.SIGTERM)
+    time.sleep(0.5)
+    answer = ScorerClient(scorer.address)(ScoreRequest(np.zeros((3, 400), np.float32), None, 1))
+    assert answer.scores.shape == (3, 1)
+
+
+def test_no_scorer_is_a_clear_error_not_a_hang(tmp_path):
+    client = ScorerClient(ScorerAddress(str(tmp_path / "none.sock"), b"key"), reconnect_s=0.5)
+    started = time.monotonic()
+    with pytest.raises(AsrError, match="voice activity detection is not available"):
+        client(ScoreRequest(np.zeros((3, 400), np.float32), None, 1))
+    assert time.monotonic() - started < 5
+
+
+def test_the_scorer_names_itself_for_ps_and_the_benchmarks(scorer):
+    from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
+
+    assert Path(f"/proc/{scorer.pid}/comm").read_text().strip() == PROCESS_NAME
