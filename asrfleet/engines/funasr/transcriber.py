@@ -188,7 +188,7 @@ class FunasrTranscriber:
         elif place == "engine":
             self._scores = ScoreServer(model.encoder, self.device)
         else:
-            self._scorer = ScorerProcess(str(vad_dir), self.device, self.config.gpu_wait)
+            self._scorer = ScorerProcess(str(vad_dir), self.device)
 
     def _scoring_place(self) -> str:
         if self._scorer is not None:

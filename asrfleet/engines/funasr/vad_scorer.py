@@ -26,7 +26,6 @@ import os
 import pickle
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +33,6 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from multiprocessing.connection import Client, Connection, Listener
 
-from asrfleet.engines.device import set_gpu_wait
 from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, Scores, ScoreServer
 from asrfleet.errors import AsrError
 
@@ -62,13 +60,9 @@ class ScorerAddress:
 class ScorerProcess:
     """Runs `_scorer_main` for one instance and keeps it running until `close()`."""
 
-    def __init__(
-        self, vad_dir: str, device: str, gpu_wait: str = "block", start_timeout: float = _START_TIMEOUT_S
-    ) -> None:
-        """gpu_wait: how the process waits for its GPU, as the engine does (`device.set_gpu_wait`)."""
+    def __init__(self, vad_dir: str, device: str, start_timeout: float = _START_TIMEOUT_S) -> None:
         self.vad_dir = vad_dir
         self.device = device
-        self.gpu_wait = gpu_wait
         self.start_timeout = start_timeout
         # Under /tmp, not the run directory: a Unix socket's path may be at most 107 bytes.
         self._folder = tempfile.mkdtemp(prefix="asr-vad-")  # mode 0700: only this user connects
@@ -105,7 +99,7 @@ class ScorerProcess:
         ready, ready_in_child = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=_scorer_main,
-            args=(self.vad_dir, self.device, self.gpu_wait, self.address, ready_in_child),
+            args=(self.vad_dir, self.device, self.address, ready_in_child),
             name="vad-scorer",
             daemon=True,
         )
@@ -141,7 +135,7 @@ class ScorerProcess:
 # -- the scorer process ---------------------------------------------------------------------------
 
 
-def _scorer_main(vad_dir: str, device: str, gpu_wait: str, address: ScorerAddress, ready: Connection) -> None:
+def _scorer_main(vad_dir: str, device: str, address: ScorerAddress, ready: Connection) -> None:
     logging.basicConfig(level=logging.WARNING, format="[vad-scorer] %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     # Its engine stops it after the workers; a signal to the whole process group (supervisord's
@@ -152,11 +146,6 @@ def _scorer_main(vad_dir: str, device: str, gpu_wait: str, address: ScorerAddres
     from funasr import AutoModel
 
     torch.set_num_threads(1)  # on the CPU (tests), one core as a worker has; on a GPU, unused
-    # As in the engine: CUDA's default wait spins a core for each batch (its time-slice behind the
-    # engine's batches included), and a thread that wants the GIL waits 5 ms by default while
-    # another holds it; here a connection thread and the batching thread hand it to each other.
-    set_gpu_wait(gpu_wait, device)
-    sys.setswitchinterval(0.0005)
     model, _ = AutoModel.build_model(model=vad_dir, device=device, disable_update=True, disable_log=True)
     server = ScoreServer(model.encoder, device)
     listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
