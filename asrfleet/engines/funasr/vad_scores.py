@@ -20,7 +20,8 @@ busy in a fleet of 4 instead of 62 %, with the same segments for all 501 utteran
 trip through the engine process, whose GIL its GPU thread already keeps busy, made each request's
 preparation longer (27 ms alone instead of 22, 35-39 in the fleet) and each instance 10 % slower,
 and the fleets scaled worse (3.25x and 1.64x against 3.55x and 1.85x). So it is not the default; it
-may suit a host with many GPUs and few CPUs, which was not measured.
+may suit a host with many GPUs and few CPUs, which was not measured. `vad_scorer.py` runs the same
+server in a process of its own (`--vad-scores process`), which avoids the engine's GIL.
 
 `fsmn_forward` is FunASR's `FSMN.forward`, step by step with its own modules, except that each row
 of a padded batch keeps its memory (the FSMN blocks' left context) from its own last frame instead
