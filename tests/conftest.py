@@ -43,6 +43,17 @@ def vad_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vad_encoder(vad_dir):
+    """FunASR's own FSMN network of the real fsmn-vad, on the CPU (not to be changed by tests)."""
+    from funasr import AutoModel
+
+    model, _ = AutoModel.build_model(
+        model=str(vad_dir), device="cpu", disable_update=True, disable_pbar=True, disable_log=True
+    )
+    return model.encoder.eval()
+
+
+@pytest.fixture(scope="session")
 def whisper_dir() -> Path:
     folder = _whisper_dir()
     if folder is None:

@@ -22,14 +22,6 @@ QUIET = {"disable_update": True, "disable_pbar": True, "disable_log": True}
 
 
 @pytest.fixture(scope="module")
-def encoder(vad_dir):
-    from funasr import AutoModel
-
-    model, _ = AutoModel.build_model(model=str(vad_dir), device="cpu", **QUIET)
-    return model.encoder.eval()
-
-
-@pytest.fixture(scope="module")
 def scorer(vad_dir):
     scorer = ScorerProcess(str(vad_dir), "cpu")
     yield scorer
@@ -41,14 +33,14 @@ def funasr_scores(encoder, feats: np.ndarray) -> torch.Tensor:
         return encoder(torch.from_numpy(feats)[None], {})[0]
 
 
-def test_a_worker_gets_the_scores_funasr_s_network_gives(encoder, scorer):
+def test_a_worker_gets_the_scores_funasr_s_network_gives(vad_encoder, scorer):
     rng = np.random.default_rng(3)
     client = ScorerClient(scorer.address)
     before = scorer.stats()["chunks"]
     for frames, columns in ((120, 1), (7, 3)):
         feats = rng.standard_normal((frames, 400)).astype(np.float32)
         answer = client(ScoreRequest(feats, None, columns))
-        expected = funasr_scores(encoder, feats)[:, :columns]
+        expected = funasr_scores(vad_encoder, feats)[:, :columns]
         assert answer.scores.shape == (frames, columns)
         torch.testing.assert_close(torch.from_numpy(answer.scores), expected, rtol=1e-5, atol=1e-5)
     assert scorer.stats()["chunks"] - before == 2
@@ -86,13 +78,10 @@ def test_a_killed_scorer_is_started_again_and_workers_reconnect(vad_dir):
     assert not Path(scorer.address.path).exists()
 
 
-def test_the_scorer_ignores_a_signal_to_its_process_group(scorer):
+def test_a_signal_to_the_instance_s_process_group_does_not_reach_the_scorer(scorer):
     """supervisord stops an instance with SIGTERM to its group: the engine stops the scorer after
     the requests in flight, not the signal."""
-    os.kill(scorer.pid, signal.SIGTERM)
-    time.sleep(0.5)
-    answer = ScorerClient(scorer.address)(ScoreRequest(np.zeros((3, 400), np.float32), None, 1))
-    assert answer.scores.shape == (3, 1)
+    assert os.getpgid(scorer.pid) not in (os.getpgid(0), os.getpgid(os.getppid()))
 
 
 def test_no_scorer_is_a_clear_error_not_a_hang(tmp_path):

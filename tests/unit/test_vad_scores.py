@@ -23,11 +23,8 @@ QUIET = {"disable_update": True, "disable_pbar": True, "disable_log": True}
 
 
 @pytest.fixture(scope="module")
-def encoder(vad_dir):
-    from funasr import AutoModel
-
-    model, _ = AutoModel.build_model(model=str(vad_dir), device="cpu", **QUIET)
-    return model.encoder.eval()
+def encoder(vad_encoder):
+    return vad_encoder
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import pickle
 import shutil
-import signal
 import tempfile
 import threading
 import time
@@ -76,6 +75,7 @@ class ScorerProcess:
         self.address = ScorerAddress(os.path.join(self._folder, "scores.sock"), os.urandom(32))
         self._ctx = mp.get_context("spawn")  # never fork a process that holds CUDA or threads
         self._closed = threading.Event()
+        self._lock = threading.Lock()
         self.restarts = 0
         self._proc = self._start()
         threading.Thread(target=self._watch, name="vad-scorer-watch", daemon=True).start()
@@ -94,10 +94,10 @@ class ScorerProcess:
         return {**counters, "restarts": self.restarts}
 
     def close(self) -> None:
-        self._closed.set()
-        # It keeps nothing worth a clean exit, and ignores SIGTERM (see `_scorer_main`).
-        self._proc.kill()
-        self._proc.join(timeout=5)
+        with self._lock:  # a scorer that `_watch` is starting now is stopped there
+            self._closed.set()
+            proc = self._proc
+        _stop(proc)
         shutil.rmtree(self._folder, ignore_errors=True)
 
     def _start(self) -> mp.process.BaseProcess:
@@ -131,12 +131,26 @@ class ScorerProcess:
             while not self._closed.is_set():
                 log.error("the VAD scorer died (exit code %s); starting another", self._proc.exitcode)
                 try:
-                    self._proc = self._start()
-                    self.restarts += 1
-                    break
+                    proc = self._start()
                 except RuntimeError:
                     log.exception("starting the VAD scorer again failed")
                     self._closed.wait(_RESTART_PAUSE_S)
+                    continue
+                with self._lock:
+                    if self._closed.is_set():  # closed while it started
+                        _stop(proc)
+                        return
+                    self._proc = proc
+                    self.restarts += 1
+                break
+
+
+def _stop(proc: mp.process.BaseProcess) -> None:
+    proc.terminate()
+    proc.join(timeout=5)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=5)
 
 
 # -- the scorer process ---------------------------------------------------------------------------
@@ -145,10 +159,11 @@ class ScorerProcess:
 def _scorer_main(vad_dir: str, device: str, address: ScorerAddress, ready: Connection) -> None:
     logging.basicConfig(level=logging.WARNING, format="[vad-scorer] %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
-    # Its engine stops it after the workers; a signal to the whole process group (supervisord's
-    # stopasgroup) must not stop it under the requests that are finishing.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A process group of its own: a signal to the instance's group (supervisord's stopasgroup, a
+    # terminal's Ctrl-C) must not stop it under the requests that are finishing; its engine stops
+    # it after them, and it exits by itself if the engine dies (`_exit_when_orphaned`).
+    os.setpgrp()
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     import torch
     from funasr import AutoModel
 
@@ -158,7 +173,6 @@ def _scorer_main(vad_dir: str, device: str, address: ScorerAddress, ready: Conne
     listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
     ready.send("listening")
     ready.close()
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     while True:
         try:
             conn = listener.accept()
