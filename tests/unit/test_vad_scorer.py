@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from multiprocessing.connection import Listener
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 import media
 from asrfleet.engines.funasr import vad_scores
 from asrfleet.engines.funasr.vad_scorer import ScorerAddress, ScorerClient, ScorerProcess
-from asrfleet.engines.funasr.vad_scores import ScoreRequest
+from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest
 from asrfleet.errors import AsrError
 
 QUIET = {"disable_update": True, "disable_pbar": True, "disable_log": True}
@@ -96,3 +98,35 @@ def test_the_scorer_names_itself_for_ps_and_the_benchmarks(scorer):
     from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
     assert Path(f"/proc/{scorer.pid}/comm").read_text().strip() == PROCESS_NAME
+
+
+def _fake_scorer(address: ScorerAddress, answer) -> threading.Thread:
+    """A listener at `address` that answers one request with `answer` (None: never answers)."""
+    listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
+
+    def serve() -> None:
+        with listener, listener.accept() as conn:
+            conn.recv()
+            if answer is not None:
+                conn.send(answer)
+            time.sleep(2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_the_scorer_s_failure_is_the_request_s_clear_error(tmp_path):
+    address = ScorerAddress(str(tmp_path / "s.sock"), b"key")
+    _fake_scorer(address, ScoreError("voice activity detection failed on the server; the error is logged"))
+    with pytest.raises(AsrError, match="voice activity detection failed on the server"):
+        ScorerClient(address)(ScoreRequest(np.zeros((3, 400), np.float32), None, 1))
+
+
+def test_a_scorer_that_does_not_answer_fails_the_request_in_time(tmp_path):
+    address = ScorerAddress(str(tmp_path / "s.sock"), b"key")
+    _fake_scorer(address, None)
+    client = ScorerClient(address, timeout_s=0.5)
+    with pytest.raises(AsrError, match="did not answer in time"):
+        client(ScoreRequest(np.zeros((3, 400), np.float32), None, 1))
+    assert client._conn is None  # a late answer cannot be read as the next request's
