@@ -4,6 +4,8 @@ write each file's outputs, journal it, show progress, and sum up at the end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +18,10 @@ from asrfleet.batch.client import FileFailed, Fleets, ServerUnavailable
 from asrfleet.batch.inputs import Item, items
 from asrfleet.batch.journal import Journal, write_atomically
 from asrfleet.transcript import FORMATS, render
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped the batch; every file finished before it is journaled."""
 
 
 @dataclass(frozen=True)
@@ -109,7 +115,7 @@ async def _run(options: BatchOptions, journal: Journal) -> Summary:
             for _ in range(options.concurrency * len(options.urls))
         ]
         try:
-            await asyncio.gather(*workers)
+            await until_done_or_interrupted(workers)
         finally:
             for w in workers:
                 w.cancel()
@@ -117,6 +123,40 @@ async def _run(options: BatchOptions, journal: Journal) -> Summary:
             summary.by_url = dict(fleets.stats)
             progress.update(summary, final=True)
     return summary
+
+
+async def until_done_or_interrupted(workers: list[asyncio.Task]) -> None:
+    """Wait for the workers; on Ctrl-C (SIGINT), cancel them and raise `Interrupted`.
+
+    The signal handler only sets an event. asyncio's own handling cancels the main task and counts
+    on every library under it to pass the cancellation on; once, a batch interrupted that way ran
+    to its end and exited 0. A second Ctrl-C gets Python's default: KeyboardInterrupt at once.
+    """
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+
+    def on_sigint() -> None:
+        interrupted.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_sigint)
+    except (NotImplementedError, RuntimeError, ValueError):  # not Unix, or not the main thread
+        pass
+    everything = asyncio.gather(*workers)
+    waiter = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({everything, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        with contextlib.suppress(NotImplementedError):
+            loop.remove_signal_handler(signal.SIGINT)  # Python's default again
+        waiter.cancel()
+    if not everything.done():
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise Interrupted
+    everything.result()  # a worker's own failure, raised here
 
 
 async def _worker(

@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from asrfleet.batch.run import BatchOptions, print_summary, run_batch
+from asrfleet.batch.run import BatchOptions, Interrupted, print_summary, run_batch
 from asrfleet.config import InstanceConfig, add_engine_options
 from asrfleet.fleet import commands, state
 from asrfleet.fleet.commands import LaunchError, SshOptions
@@ -107,7 +107,7 @@ def _transcribe(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return commands.EXIT_USAGE
-    except KeyboardInterrupt:
+    except (Interrupted, KeyboardInterrupt):
         print(
             "\ninterrupted: run the same command again to resume; finished files are skipped", file=sys.stderr
         )
