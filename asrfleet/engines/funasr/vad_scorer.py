@@ -18,8 +18,8 @@ directly, and nothing of it passes through the engine process.
 Measured on the 2x H200 host (session 16, `benchmarks/results/README.md`): the instance's CPU a
 request fell by a sixth, the host was 47-52 % busy with a fleet of 2 instead of 63 %, and the
 fleet scaled at 1.98x and 1.92x against the default's 1.88x; but one instance alone was about 5 %
-slower, since a chunk waits for the scorer's batch, whose kernels time-slice the GPU with the
-engine's, so the fleet's own throughput stayed the same. Hence an option, not the default. The
+slower, since a chunk waits for the scorer's batch (whose kernels most likely time-slice the GPU
+with the engine's), so the fleet's own throughput stayed the same. Hence an option, not the default. The
 scorer's CUDA context and cache take about 1 GB of GPU memory.
 """
 
