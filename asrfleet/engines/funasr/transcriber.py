@@ -141,7 +141,7 @@ class FunasrTranscriber:
         try:
             self._start_processes(asr_dir, vad_dir)
         except BaseException:
-            # Its children ignore SIGTERM (they outlive a signal to the process group), so
+            # The audio workers ignore SIGTERM (they outlive a signal to the process group), so
             # multiprocessing's exit, which terminates and then joins them, would wait for ever.
             self.close()
             raise
