@@ -118,9 +118,6 @@ class PaddedNetwork:
             _Buffers(dims, self.memory, max_rows, max_cells, device, pin=False) if on_gpu else self.host
         )
         self._graphs: dict[Shape, torch.cuda.CUDAGraph] = {}
-        # Asleep until the GPU is done: a stream's own wait spins, and the scorer then burnt about
-        # 9 ms of CPU a request (session 17), more than the network it took off the workers.
-        self._done = torch.cuda.Event(blocking=True) if on_gpu else None
         self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
         self.replays = 0
 
@@ -154,8 +151,7 @@ class PaddedNetwork:
         if on_gpu:
             for to, source in zip(self.host.outputs(shape), self.on_device.outputs(shape), strict=True):
                 to.copy_(source, non_blocking=True)
-            self._done.record()
-            self._done.synchronize()  # the batch's one wait, asleep
+            torch.cuda.current_stream(self.device).synchronize()  # the batch's one wait
         return self._answers(requests, shape)
 
     def _output_dim(self, encoder: torch.nn.Module) -> int:
