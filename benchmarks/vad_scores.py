@@ -5,9 +5,8 @@ workers' CPU it saves (`asrfleet/engines/funasr/vad_scores.py`).
 
 Every recording is prepared as an audio worker prepares it (`prepare.Preparer`: decoding, VAD,
 ASR features) twice: with the VAD's network on the worker's CPU (`--vad-scores workers`), and
-asking a `ScoreServer` on --device (`--vad-scores engine`; with --graphs, replaying CUDA graphs as
-the scorer process does), --clients recordings at a time so that the server batches them as it
-does for an instance's workers. It reports how many recordings got
+asking a `ScoreServer` on --device (`--vad-scores engine`), --clients recordings at a time so that
+the server batches them as it does for an instance's workers. It reports how many recordings got
 the same segments and the same ASR features both ways (the ones that differ are listed), and the
 preparing thread's CPU time per recording both ways.
 """
@@ -37,9 +36,6 @@ def main() -> None:
     p.add_argument("--vad-model", type=Path, required=True)
     p.add_argument("--device", default="cuda")
     p.add_argument("--clients", type=int, default=8, help="recordings prepared at once")
-    p.add_argument(
-        "--graphs", action="store_true", help="the server replays CUDA graphs, as in the scorer process"
-    )
     p.add_argument("--limit", type=int, default=None, help="at most this many recordings")
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
     p.add_argument("--out", type=Path, required=True)
@@ -61,7 +57,7 @@ def run(args: argparse.Namespace) -> dict:
     vad, _ = AutoModel.build_model(
         model=str(args.vad_model), device=args.device, disable_update=True, disable_log=True
     )
-    server = ScoreServer(vad.encoder, args.device, graphs=args.graphs)
+    server = ScoreServer(vad.encoder, args.device)
     try:
         local = prepare_all(lambda: Preparer(settings), recordings, args.clients)
         remote_settings = PrepareSettings(**{**settings.__dict__, "remote_scores": True})
@@ -77,7 +73,6 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "hardware": load.hardware(),
         "device": args.device,
-        "graphs": args.graphs,
         "recordings": len(recordings),
         "same_segments_and_features": len(recordings) - len(differing),
         "differing": differing,
@@ -90,8 +85,6 @@ def run(args: argparse.Namespace) -> dict:
             "chunks": s.chunks,
             "mean_batch": round(s.chunks / max(1, s.batches), 2),
             "ms_per_batch": round(1000 * s.busy_s / max(1, s.batches), 3),
-            "graphs": s.graphs,
-            "graph_batches": s.graph_batches,
         },
     }
 

@@ -188,7 +188,7 @@ class FunasrTranscriber:
         elif place == "engine":
             self._scores = ScoreServer(model.encoder, self.device)
         else:
-            self._scorer = ScorerProcess(str(vad_dir), self.device, graphs=not self.config.no_cuda_graphs)
+            self._scorer = ScorerProcess(str(vad_dir), self.device)
 
     def _scoring_place(self) -> str:
         if self._scorer is not None:

@@ -66,13 +66,9 @@ class ScorerAddress:
 class ScorerProcess:
     """Runs `_scorer_main` for one instance and keeps it running until `close()`."""
 
-    def __init__(
-        self, vad_dir: str, device: str, graphs: bool = True, start_timeout: float = _START_TIMEOUT_S
-    ) -> None:
-        """graphs: on a GPU, replay the network's batches from CUDA graphs (`vad_graphs.py`)."""
+    def __init__(self, vad_dir: str, device: str, start_timeout: float = _START_TIMEOUT_S) -> None:
         self.vad_dir = vad_dir
         self.device = device
-        self.graphs = graphs
         self.start_timeout = start_timeout
         # Under /tmp, not the run directory: a Unix socket's path may be at most 107 bytes.
         self._folder = tempfile.mkdtemp(prefix="asr-vad-")  # mode 0700: only this user connects
@@ -110,7 +106,7 @@ class ScorerProcess:
         ready, ready_in_child = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=_scorer_main,
-            args=(self.vad_dir, self.device, self.graphs, self.address, ready_in_child),
+            args=(self.vad_dir, self.device, self.address, ready_in_child),
             name="vad-scorer",
             daemon=True,
         )
@@ -160,7 +156,7 @@ def _stop(proc: mp.process.BaseProcess) -> None:
 # -- the scorer process ---------------------------------------------------------------------------
 
 
-def _scorer_main(vad_dir: str, device: str, graphs: bool, address: ScorerAddress, ready: Connection) -> None:
+def _scorer_main(vad_dir: str, device: str, address: ScorerAddress, ready: Connection) -> None:
     logging.basicConfig(level=logging.WARNING, format="[vad-scorer] %(levelname)s %(message)s")
     _name_process(PROCESS_NAME)
     # A process group of its own: a signal to the instance's group (supervisord's stopasgroup, a
@@ -173,7 +169,7 @@ def _scorer_main(vad_dir: str, device: str, graphs: bool, address: ScorerAddress
 
     torch.set_num_threads(1)  # on the CPU (tests), one core as a worker has; on a GPU, unused
     model, _ = AutoModel.build_model(model=vad_dir, device=device, disable_update=True, disable_log=True)
-    server = ScoreServer(model.encoder, device, graphs=graphs)
+    server = ScoreServer(model.encoder, device)
     listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
     ready.send("listening")
     ready.close()

@@ -39,7 +39,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import numpy as np
 import torch
@@ -173,19 +172,12 @@ class ScoreStats:
     chunks: int = 0
     frames: int = 0
     busy_s: float = 0.0
-    graphs: int = 0  # CUDA graphs recorded (`vad_graphs.py`)
-    graph_batches: int = 0  # batches replayed from one
 
 
 class ScoreServer:
     """Answers the workers' `ScoreRequest`s in batches, on one thread of the engine process."""
 
-    def __init__(
-        self, encoder: torch.nn.Module, device: str, max_rows: int = 64, graphs: bool = False
-    ) -> None:
-        """graphs: on a GPU, batches at a few padded shapes replayed from CUDA graphs (`vad_graphs.py`)."""
-        from asrfleet.engines.funasr.vad_graphs import PaddedNetwork  # which imports this module
-
+    def __init__(self, encoder: torch.nn.Module, device: str, max_rows: int = 64) -> None:
         self.device = torch.device(device)
         self.encoder = encoder.to(self.device).eval()
         self.network = traced(self.encoder, self.device)
@@ -196,10 +188,6 @@ class ScoreServer:
         self._stopped = False
         # Its own stream: the recognizer's batches (tens of ms) on the default one would delay it.
         self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
-        self._padded = None
-        if graphs and self.device.type == "cuda":
-            with torch.cuda.stream(self._stream):
-                self._padded = PaddedNetwork(partial(fsmn_forward, self.encoder), self.encoder, self.device)
         self._thread = threading.Thread(target=self._run, name="vad-scores", daemon=True)
         self._thread.start()
 
@@ -250,8 +238,6 @@ class ScoreServer:
         s.chunks += len(batch)
         s.frames += sum(request.feats.shape[0] for request, _ in batch)
         s.busy_s += time.perf_counter() - started
-        if self._padded is not None:
-            s.graphs, s.graph_batches = self._padded.recorded, self._padded.replays
 
     @torch.inference_mode()
     def score(self, requests: list[ScoreRequest]) -> list[Scores]:
@@ -261,9 +247,6 @@ class ScoreServer:
         # Plain fp32 as on the workers; TorchScript's optimizations off: they specialise on shapes.
         optimizations = torch.jit.optimized_execution(False)
         with stream, optimizations, torch.backends.cudnn.flags(enabled=False):
-            shape = self._padded.shape_for(requests) if self._padded is not None else None
-            if shape is not None:
-                return self._padded.run(requests, shape)
             feats, memory = self._inputs(requests, max(lengths))
             lengths_on_device = torch.tensor(lengths, device=self.device)
             scores, after = self.network(feats, lengths_on_device, memory)
