@@ -21,6 +21,9 @@ fleet scaled at 1.98x and 1.92x against the default's 1.88x; but one instance al
 slower, since a chunk waits for the scorer's batch (whose kernels most likely time-slice the GPU
 with the engine's), so the fleet's own throughput stayed the same. Hence an option, not the default. The
 scorer's CUDA context and cache take about 1 GB of GPU memory.
+
+Session 17 replayed its batches from CUDA graphs (a16b357): a batch took 3 ms instead of 5.3, but
+the scorer's CPU rose from 2.5 to about 9 ms a request, for a cause not found, so that was reverted.
 """
 
 from __future__ import annotations
