@@ -12,6 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrfleet.cpus import format_cpu_list, parse_cpu_list
 from asrfleet.sizes import parse_size
 
 # Hub ids of the models the product serves by default (ModelScope names; FunASR aliases work too).
@@ -53,6 +54,7 @@ class InstanceConfig:
     worker_threads: int = 1  # torch CPU threads in each audio worker (its filterbank, the VAD network)
     threads: int = 0
     in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
+    cpus: str = ""  # a CPU list ("0-15") this instance and its processes run on; "" = wherever allowed
     temp_dir: Path | None = None
     root_path: str = ""
 
@@ -72,6 +74,8 @@ class InstanceConfig:
             raise ValueError(f"unknown --vad-scores {self.vad_scores!r}; choose from {', '.join(VAD_SCORES)}")
         if not 0 < self.gpu_memory_share <= 1:
             raise ValueError("gpu_memory_share must be in (0, 1]")
+        if self.cpus:
+            parse_cpu_list(self.cpus)
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> InstanceConfig:
@@ -106,6 +110,7 @@ class InstanceConfig:
             worker_threads=args.worker_threads,
             threads=args.threads,
             in_process=args.in_process,
+            cpus=args.cpus,
             temp_dir=Path(args.temp_dir) if args.temp_dir else None,
             root_path=args.root_path,
         )
@@ -142,6 +147,16 @@ def _option(name: str, value: object) -> list[str]:
     return [flag, str(value)]
 
 
+def _cpu_list(text: str) -> str:
+    """argparse's check of --cpus: a well-formed list, written back the way Linux writes it ("": all)."""
+    if not text:
+        return ""
+    try:
+        return format_cpu_list(parse_cpu_list(text))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = InstanceConfig()
     p = argparse.ArgumentParser(
@@ -151,6 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=d.host, help="interface to listen on (default: loopback only)")
     p.add_argument("--port", type=int, default=d.port)
     p.add_argument("--name", default=d.name, help="instance name shown in logs and /readyz")
+    p.add_argument(
+        "--cpus",
+        type=_cpu_list,
+        default=d.cpus,
+        help="run on these CPUs only, e.g. 0-15 (the launcher gives each instance its GPU's share)",
+    )
     add_engine_options(p)
     p.add_argument("--temp-dir", default=None, help="this instance's own temp directory")
     p.add_argument("--root-path", default=d.root_path, help="public sub-path when served under a prefix")

@@ -1,9 +1,9 @@
 """`python -m instances ...`: one instance. Loads the model in the background while already
 answering /healthz, reports /readyz once warmed up, and stops cleanly on SIGTERM.
 
-Exit codes: 0 stopped on request; 2 bad arguments (argparse); 3 the models failed to load (the
-log says why; supervisord restarts us, and a crash loop ends FATAL); 4 the engine process died
-under us (supervisord restarts the instance).
+Exit codes: 0 stopped on request; 2 bad arguments (argparse's, or --cpus that this machine does not
+have); 3 the models failed to load (the log says why; supervisord restarts us, and a crash loop
+ends FATAL); 4 the engine process died under us (supervisord restarts the instance).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from asrfleet.config import InstanceConfig
+from asrfleet.cpus import parse_cpu_list, pin_process
 from asrfleet.errors import first_line
 from asrfleet.logs import configure_logging
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _te
     from instances.service import InstanceDirs
 
 EXIT_OK = 0
+EXIT_BAD_ARGUMENTS = 2
 EXIT_LOAD_FAILED = 3
 EXIT_ENGINE_DIED = 4
 
@@ -40,6 +42,15 @@ log = logging.getLogger("instances")
 def main(argv: list[str] | None = None) -> int:
     config = InstanceConfig.from_argv(argv)
     configure_logging(config.name)
+    if config.cpus:
+        # First: every process and thread started from here on (engine, audio workers, torch's
+        # thread pools) inherits it.
+        try:
+            pin_process(parse_cpu_list(config.cpus))
+        except ValueError as err:
+            log.error("%s", err)
+            return EXIT_BAD_ARGUMENTS
+        log.info("running on CPUs %s", config.cpus)
     _gpu_allocator()
     dirs, owned = _temp_dirs(config)
     try:

@@ -67,8 +67,13 @@ def _up_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lb-port", type=int, default=8000)
     g.add_argument("--nginx", default="nginx", help="the nginx binary")
     g.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the models")
+    g.add_argument(
+        "--no-pin-cpus",
+        action="store_true",
+        help="let every instance run on every CPU (default: each GPU's instances on a block of cores)",
+    )
     add_engine_options(p)
-    p.set_defaults(host="127.0.0.1", port=6006, name="asr", temp_dir=None, root_path="")
+    p.set_defaults(host="127.0.0.1", port=6006, name="asr", temp_dir=None, root_path="", cpus="")
 
 
 def fleet_options(args: argparse.Namespace) -> FleetOptions:
@@ -87,6 +92,7 @@ def fleet_options(args: argparse.Namespace) -> FleetOptions:
         run_dir=Path(args.run_dir),
         nginx=args.nginx,
         ready_timeout_s=args.ready_timeout,
+        pin_cpus=not args.no_pin_cpus,
     )
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asrfleet.config import InstanceConfig
-from asrfleet.engines.device import available_cpus
+from asrfleet.cpus import read_cores
 from asrfleet.fleet import state
 from asrfleet.fleet.control import RUNNING, Supervisor
 from asrfleet.fleet.gpus import discover_gpus
@@ -111,7 +111,7 @@ def make_plan(opts: FleetOptions, out: Say) -> Plan:
     instance = fetch_models(opts.instance, out)
     try:
         plan = plan_fleet(
-            dataclasses.replace(opts, instance=instance), gpus, available_cpus(), sys.executable, PROJECT_DIR
+            dataclasses.replace(opts, instance=instance), gpus, read_cores(), sys.executable, PROJECT_DIR
         )
     except ValueError as err:
         raise LaunchError(str(err), EXIT_CONFIG) from err

@@ -1,8 +1,9 @@
 """From what the user asked for and what the machine has, to a FleetSpec: pure, no side effects.
 
-One instance per GPU by default, each pinned to it with CUDA_VISIBLE_DEVICES, on consecutive ports.
-`--per-gpu K` puts K on one card (they split its memory); a machine without GPUs gets CPU instances
-that split its cores.
+One instance per GPU by default, each pinned to it with CUDA_VISIBLE_DEVICES, on consecutive ports,
+and to its GPU's block of the host's cores with `--cpus` (unless --no-pin-cpus). `--per-gpu K` puts
+K on one card (they split its memory and its block of cores); a machine without GPUs gets CPU
+instances that split its cores by their thread counts.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asrfleet.config import InstanceConfig
+from asrfleet.cpus import Core, format_cpu_list, split_cores
 from asrfleet.fleet.gpus import Gpu
 from asrfleet.fleet.spec import DEFAULT_HOST, DEFAULT_LB_PORT, FleetSpec, InstanceSpec, make_instance
 
@@ -43,6 +45,7 @@ class FleetOptions:
     run_dir: Path = Path("run")
     nginx: str = "nginx"
     ready_timeout_s: float = 900.0
+    pin_cpus: bool = True  # each GPU slot's instance on its own block of cores
 
 
 @dataclass(frozen=True)
@@ -52,12 +55,15 @@ class Plan:
     warnings: tuple[str, ...]
 
 
-def plan_fleet(opts: FleetOptions, gpus: list[Gpu], cpus: int, python: str, project_dir: Path) -> Plan:
+def plan_fleet(
+    opts: FleetOptions, gpus: list[Gpu], cores: list[Core], python: str, project_dir: Path
+) -> Plan:
+    """`cores`: the physical cores the launcher may use (`asrfleet.cpus.read_cores`)."""
     run_dir = opts.run_dir.resolve()
     if gpus and opts.instance.device != "cpu":
-        configs, warnings = _gpu_configs(opts, gpus, cpus)
+        configs, warnings = _gpu_configs(opts, gpus, cores)
     else:
-        configs, warnings = _cpu_configs(opts, cpus)
+        configs, warnings = _cpu_configs(opts, sum(len(core) for core in cores))
     instances = []
     for index, (config, gpu) in enumerate(configs):
         temp_dir = run_dir / "tmp" / f"asr-{index}"
@@ -78,7 +84,7 @@ def plan_fleet(opts: FleetOptions, gpus: list[Gpu], cpus: int, python: str, proj
     return Plan(spec, tuple(c for c, _ in configs), tuple(warnings))
 
 
-def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cpus: int) -> tuple[list, list[str]]:
+def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cores: list[Core]) -> tuple[list, list[str]]:
     slots = len(gpus) * opts.per_gpu
     count = opts.instances or slots
     if count > slots:
@@ -89,17 +95,41 @@ def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cpus: int) -> tuple[list, 
         )
     assigned = [gpus[i % len(gpus)] for i in range(count)]  # spread over the cards first
     per_card = Counter(g.index for g in assigned)
-    cpus_each = max(1, cpus // count)
+    shares, warnings = _cpu_shares(opts, cores, slots)
+    cpus_each = max(1, sum(len(core) for core in cores) // count)
     configs = []
-    for gpu in assigned:
+    for index, gpu in enumerate(assigned):
+        share = shares[_slot(index, len(gpus), opts.per_gpu)] if shares else None
+        each = len(share) if share else cpus_each
         config = opts.instance.replace(
             device="cuda",
-            threads=opts.instance.threads or min(4, cpus_each),
-            workers=opts.instance.workers or max(1, min(12, cpus_each - 1)),
+            threads=opts.instance.threads or min(4, each),
+            workers=opts.instance.workers or max(1, min(12, each - 1)),
             gpu_memory_share=opts.instance.gpu_memory_share / per_card[gpu.index],
+            cpus=format_cpu_list(share) if share else "",
         )
         configs.append((config, str(gpu.index)))
-    return configs, _sharing_warnings(opts.instance, assigned, per_card)
+    return configs, warnings + _sharing_warnings(opts.instance, assigned, per_card)
+
+
+def _cpu_shares(
+    opts: FleetOptions, cores: list[Core], slots: int
+) -> tuple[list[frozenset[int]] | None, list[str]]:
+    """Each GPU slot's block of cores (`asrfleet/cpus.py` says why), or None: every instance on
+    every CPU. Per slot, not per instance, so that growing or shrinking a fleet leaves the
+    instances that stay as they are (a changed command line would restart them)."""
+    if not opts.pin_cpus or slots == 1:
+        return None, []
+    shares = split_cores(cores, slots)
+    if shares is None:
+        return None, [f"{slots} GPU slots but {len(cores)} CPU cores: the instances share every CPU"]
+    return shares, []
+
+
+def _slot(index: int, gpus: int, per_gpu: int) -> int:
+    """Instance `index`'s slot, GPU by GPU: a card's instances get neighbouring blocks of cores
+    (on a host of two sockets, the same socket as a rule)."""
+    return (index % gpus) * per_gpu + index // gpus
 
 
 def _sharing_warnings(config: InstanceConfig, assigned: list[Gpu], per_card: Counter) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,11 @@ from asrfleet.fleet.plan import FleetOptions, PlanError, plan_fleet
 GPUS = [Gpu(index=i, name="NVIDIA H200", memory_total_bytes=141 * 2**30, uuid=f"GPU-{i}") for i in range(4)]
 
 
-def plan(gpus=GPUS, cpus=64, **options):
+def plan(gpus=GPUS, cpus=64, cores=None, **options):
+    """`cpus` cores of one CPU each, unless `cores` says otherwise."""
     opts = FleetOptions(run_dir=Path("/srv/run"), **options)
-    return plan_fleet(opts, gpus, cpus, "/venv/bin/python", Path("/srv/repo"))
+    cores = cores if cores is not None else [(cpu,) for cpu in range(cpus)]
+    return plan_fleet(opts, gpus, cores, "/venv/bin/python", Path("/srv/repo"))
 
 
 def test_one_instance_per_gpu_on_consecutive_ports():
@@ -63,6 +66,70 @@ def test_cpu_host_splits_the_cores_with_a_warning():
 def test_gpu_instances_split_the_cpus_for_decoding_workers():
     p = plan(cpus=32)
     assert all(c.workers == 7 and c.threads == 4 for c in p.configs)  # 32 / 4 - 1 decoding processes
+
+
+def test_each_gpu_instance_runs_on_its_own_block_of_cores():
+    p = plan(cpus=64)
+    assert [c.cpus for c in p.configs] == ["0-15", "16-31", "32-47", "48-63"]
+    for instance, config in zip(p.spec.instances, p.configs, strict=True):
+        assert ("--cpus", config.cpus) in pairwise(instance.command)
+
+
+def test_hyperthreads_of_a_core_go_to_the_same_instance():
+    cores = [(cpu, cpu + 16) for cpu in range(16)]  # 16 cores, their siblings numbered 16-31
+    p = plan(gpus=GPUS[:2], cores=cores)
+    assert [c.cpus for c in p.configs] == ["0-7,16-23", "8-15,24-31"]
+    assert all(c.workers == 12 for c in p.configs)  # 16 CPUs each
+
+
+def test_instances_of_one_gpu_get_neighbouring_blocks():
+    p = plan(gpus=GPUS[:2], per_gpu=2, cpus=64)
+    assert [(i.gpu, c.cpus) for i, c in zip(p.spec.instances, p.configs, strict=True)] == [
+        ("0", "0-15"),
+        ("1", "32-47"),
+        ("0", "16-31"),
+        ("1", "48-63"),
+    ]
+
+
+def test_blocks_follow_the_gpu_slots_so_resizing_leaves_the_others_alone():
+    everyone = plan(cpus=64).spec.instances
+    assert plan(cpus=64, instances=2).spec.instances == everyone[:2]
+    assert plan(cpus=64, instances=1).spec.instances == everyone[:1]
+
+
+def test_workers_follow_the_block_of_cores():
+    p = plan(cpus=16)
+    assert [(c.cpus, c.workers, c.threads) for c in p.configs] == [
+        ("0-3", 3, 4),
+        ("4-7", 3, 4),
+        ("8-11", 3, 4),
+        ("12-15", 3, 4),
+    ]
+
+
+def test_no_pin_cpus_lets_every_instance_run_anywhere():
+    p = plan(cpus=64, pin_cpus=False)
+    assert all(
+        c.cpus == "" and "--cpus" not in i.command for i, c in zip(p.spec.instances, p.configs, strict=True)
+    )
+    assert all(c.workers == 12 for c in p.configs)  # 64 / 4 - 1, at most 12
+
+
+def test_one_gpu_needs_no_pinning():
+    p = plan(gpus=GPUS[:1], cpus=64)
+    assert p.configs[0].cpus == "" and p.warnings == ()
+
+
+def test_fewer_cores_than_gpu_slots_shares_every_cpu_with_a_warning():
+    p = plan(cpus=3)
+    assert all(c.cpus == "" for c in p.configs)
+    assert p.warnings == ("4 GPU slots but 3 CPU cores: the instances share every CPU",)
+
+
+def test_cpu_instances_are_not_pinned():
+    p = plan(gpus=[], cpus=16, instances=4)
+    assert all(c.cpus == "" for c in p.configs)
 
 
 def test_nginx_takes_the_upload_limit_of_the_instances():
