@@ -12,9 +12,12 @@ CPUs, and a burst of decoding for one GPU does not slow the others.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 SYSFS_CPUS = Path("/sys/devices/system/cpu")
+
+_RANGE = re.compile(r"(\d+)(?:-(\d+))?", re.ASCII)
 
 Core = tuple[int, ...]  # the logical CPUs (hyperthreads) of one physical core
 
@@ -24,10 +27,12 @@ def parse_cpu_list(text: str) -> frozenset[int]:
     cpus: set[int] = set()
     for part in text.split(","):
         part = part.strip()
-        first, dash, last = part.partition("-")
-        if not (first.isdigit() and (not dash or last.isdigit())):
+        # ASCII digits only: str.isdigit() also takes digits int() refuses, such as "²".
+        match = _RANGE.fullmatch(part)
+        if match is None:
             raise ValueError(f"{text!r} is not a CPU list (like 0-7,16-23)")
-        low, high = int(first), int(last) if dash else int(first)
+        low = int(match[1])
+        high = int(match[2]) if match[2] else low
         if high < low:
             raise ValueError(f"{text!r} is not a CPU list: the range {part} runs backwards")
         cpus.update(range(low, high + 1))

@@ -25,7 +25,7 @@ def test_parse_cpu_list(text, cpus):
         assert parse_cpu_list(text) == cpus
 
 
-@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "1,,2", "0-3x", "1.5"])
+@pytest.mark.parametrize("text", ["", "a", "1-", "-1", "1,,2", "0-3x", "1.5", "²", "1-²"])
 def test_parse_cpu_list_rejects_what_is_not_one(text):
     with pytest.raises(ValueError, match="is not a CPU list"):
         parse_cpu_list(text)
