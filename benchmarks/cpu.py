@@ -21,6 +21,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from asrfleet.config import InstanceConfig
+from asrfleet.cpus import format_cpu_list, parse_cpu_list
 from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -94,6 +96,59 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
             if pid not in roles and roles.get(parent) in below:
                 roles[pid] = below[roles[parent]]
     return roles
+
+
+def placements() -> dict[str, str]:
+    """Each instance's CPUs, by its web server's command line: the CPUs that any thread of the web
+    server, its engine or its audio workers may run on (Cpus_allowed_list), so that a result
+    shows whether the launcher's CPU blocks took effect."""
+    procs = _processes()
+    roles = _roles(procs)
+    instance_of: dict[int, int] = {pid: pid for pid, role in roles.items() if role == "web"}
+    for _ in range(2):  # engines are children of web servers, workers of engines
+        for pid, (parent, _, _) in procs.items():
+            if pid in roles and pid not in instance_of and parent in instance_of:
+                instance_of[pid] = instance_of[parent]
+    cpus: dict[int, set[int]] = {}
+    for pid, web in instance_of.items():
+        cpus.setdefault(web, set()).update(_allowed_cpus(pid))
+    return {instance_port(procs[web][1]): format_cpu_list(cpus[web]) for web in sorted(cpus) if cpus[web]}
+
+
+def _allowed_cpus(pid: int) -> set[int]:
+    """The union of the CPUs that the threads of a process may run on."""
+    out: set[int] = set()
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        out.update(allowed_in_status(f"/proc/{pid}/task/{tid}/status"))
+    return out
+
+
+def allowed_in_status(path: str) -> frozenset[int]:
+    """Cpus_allowed_list of a /proc status file; empty when the thread is gone."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    return parse_cpu_list(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return frozenset()
+
+
+def instance_port(cmdline: str) -> str:
+    """'port 6007' from an instance's command line: its --port, or the default when it has none
+    (the launcher leaves defaults out)."""
+    words = cmdline.split()
+    for i, word in enumerate(words):
+        if word.startswith("--port="):
+            return f"port {word.split('=', 1)[1]}"
+        if word == "--port" and i + 1 < len(words):
+            return f"port {words[i + 1]}"
+    return f"port {InstanceConfig().port}"
 
 
 def _host() -> tuple[float, float, float]:

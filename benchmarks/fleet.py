@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         help="pass this option to every instance, e.g. --instance-option=--worker-threads=2 (repeatable)",
     )
     p.add_argument(
+        "--no-pin-cpus",
+        action="store_true",
+        help="the launcher's --no-pin-cpus: every instance on every CPU (default: each on its own block)",
+    )
+    p.add_argument(
         "--warm-up",
         type=int,
         default=40,
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         common.append("--fp16")
     if args.vad_scores:
         common += ["--vad-scores", args.vad_scores]
+    if args.no_pin_cpus:
+        common.append("--no-pin-cpus")
     common += args.instance_option
     c = args.per_instance_concurrency
     result = {
@@ -317,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "api": args.api,
         "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
         "instance_options": args.instance_option,
+        "pin_cpus": not args.no_pin_cpus,
         "runs": [],
     }
 
@@ -372,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     everyone = list(range(args.gpus))
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
+        result["instance_cpus"] = cpu.placements()
+        print(f"instances' CPUs: {result['instance_cpus']}", flush=True)
         if args.client_cpus:
             result["client_cpus"] = confine_clients(args.client_cpus)
         result["warm_up_graphs"] = warm_up(

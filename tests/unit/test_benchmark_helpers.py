@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 
-from benchmarks.cpu import PROCESS_NAME, Snapshot, _roles, host_jiffies, used, waited
+import pytest
+
+from benchmarks.cpu import (
+    PROCESS_NAME,
+    Snapshot,
+    _roles,
+    host_jiffies,
+    instance_port,
+    placements,
+    used,
+    waited,
+)
 from benchmarks.fleet import engine_deltas, stage_ms, summarise
 from benchmarks.host_cpus import speeds
 
@@ -64,6 +77,45 @@ def test_roles_follow_the_process_tree_and_the_scorer_s_name():
         30: (1, "bash", 0.0),
     }
     assert _roles(procs) == {10: "web", 11: "engine", 12: "workers", 13: "vad scorer", 20: "nginx"}
+
+
+def test_an_instance_s_port_comes_from_its_command_line_or_is_the_default():
+    assert instance_port("python -m instances --port 6008 --device cuda") == "port 6008"
+    assert instance_port("python -m instances --port=6009") == "port 6009"
+    assert (
+        instance_port("python -m instances --device cuda") == "port 6006"
+    )  # the launcher leaves defaults out
+
+
+# A stand-in for an instance: its command line reads "-m instances --port PORT", it runs on CPU 0
+# and starts a child (its "engine") that moves itself to CPU 1; both then wait for stdin to close.
+_FAKE_INSTANCE = """
+import os, subprocess, sys
+os.sched_setaffinity(0, {0})
+child = subprocess.Popen([sys.executable, "-c",
+    "import os, sys; os.sched_setaffinity(0, {1}); print('ready', flush=True); sys.stdin.read()"],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+child.stdout.readline()
+print("ready", flush=True)
+sys.stdin.read()
+child.stdin.close()
+child.wait()
+"""
+
+
+@pytest.mark.skipif(
+    len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0), reason="needs CPUs 0 and 1"
+)
+def test_placements_report_the_cpus_of_an_instance_s_whole_process_tree():
+    port = "65123"  # only a label: nothing listens
+    argv = [sys.executable, "-c", _FAKE_INSTANCE, "-m", "instances", "--port", port]
+    fake = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert fake.stdout.readline() == "ready\n"
+        assert placements()[f"port {port}"] == "0-1"  # the web server's CPU 0 and its child's CPU 1
+    finally:
+        fake.stdin.close()
+        fake.wait(timeout=10)
 
 
 def test_host_jiffies_count_steal_as_busy_and_guest_time_once():
