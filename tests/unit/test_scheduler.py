@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from asrfleet.engines.funasr.recognize import Encoding, SegmentText
+from asrfleet.engines.funasr.recognize import SegmentText
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget, _Queue, _Segment, select_batch
 
 
@@ -79,7 +79,7 @@ def test_out_of_memory_splits_the_batch_and_lowers_the_budget():
         if len(feats) > 2:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         results = [SegmentText(str(f.shape[0]), []) for f in feats]
-        return Encoding(lambda: lambda: results)
+        return lambda: lambda: results
 
     items = [(i, np.zeros((10 + i, 4), dtype=np.float32)) for i in range(8)]
     got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), items)
@@ -99,7 +99,7 @@ def test_out_of_memory_in_the_decoder_splits_the_batch_too():
             results = [SegmentText(str(f.shape[0]), []) for f in feats]
             return lambda: results
 
-        return Encoding(decode)
+        return decode
 
     items = [(i, np.zeros((10 + i, 4), dtype=np.float32)) for i in range(8)]
     got, errors, s = run_scheduler(recognize, Budget(max_frames=10**6), items)
@@ -124,7 +124,7 @@ def test_a_failing_decoder_fails_its_request_not_the_scheduler():
                 raise ValueError("boom")
             return lambda: [SegmentText("fine", [])]
 
-        return Encoding(decode)
+        return decode
 
     got, errors = {}, []
     answered = threading.Event()
@@ -158,7 +158,7 @@ def test_the_next_batch_s_encoder_is_queued_before_this_one_s_decoder():
             order.append(("decode", n))
             return lambda: [SegmentText(str(n), [])]
 
-        return Encoding(decode, wait=lambda: order.append(("wait", n)))
+        return decode
 
     done = threading.Event()
     got = {}
@@ -176,19 +176,7 @@ def test_the_next_batch_s_encoder_is_queued_before_this_one_s_decoder():
         assert done.wait(10)
     finally:
         s.stop()
-    # Each batch is taken only once the GPU has done the last one's first part, so that segments
-    # keep coming in meanwhile.
-    assert order == [
-        ("start", 6),
-        ("wait", 6),
-        ("start", 7),
-        ("decode", 6),
-        ("wait", 7),
-        ("start", 8),
-        ("decode", 7),
-        ("wait", 8),
-        ("decode", 8),
-    ]
+    assert order == [("start", 6), ("start", 7), ("decode", 6), ("start", 8), ("decode", 7), ("decode", 8)]
     assert {key: items[0][1].text for key, items in got.items()} == {"job6": "6", "job7": "7", "job8": "8"}
 
 
@@ -199,7 +187,7 @@ def test_a_failing_host_part_fails_its_request_not_the_scheduler():
                 raise KeyError("a token the tokenizer does not know")
             return [SegmentText("fine", [])]
 
-        return Encoding(lambda: finish)
+        return lambda: finish
 
     failed, answered = threading.Event(), threading.Event()
     errors, got = [], {}
@@ -238,7 +226,7 @@ def test_the_gpu_runs_the_next_batch_while_the_host_finishes_the_last():
             assert second_ran.wait(5), "the GPU thread waited for the host's part"
             return results
 
-        return Encoding(lambda: finish)
+        return lambda: finish
 
     # one segment per batch: two segments of 6 frames each are over a budget of 10
     items = [(0, np.zeros((6, 4), np.float32)), (1, np.zeros((6, 4), np.float32))]

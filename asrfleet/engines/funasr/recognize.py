@@ -70,23 +70,6 @@ class Started:
     encoded: graphs.Encoded
     marks: BatchMarks
 
-    def wait(self) -> None:
-        """Until the GPU has run the encoder and copied the predictor's weights to the host."""
-        if self.encoded.copied is not None:
-            self.encoded.copied.synchronize()
-
-
-def _done() -> None:
-    return None
-
-
-@dataclass(frozen=True)
-class Encoding:
-    """The scheduler's handle on a batch whose first GPU part is queued (`Recognizer.in_parts`)."""
-
-    decode: Callable[[], Callable[[], list[SegmentText]]]  # queue the second part; the host's part
-    wait: Callable[[], None] = _done  # until the GPU has done the first part
-
 
 class Recognizer:
     """Runs a FunASR Paraformer-family model (`Paraformer`, `BiCifParaformer`) on feature batches."""
@@ -140,11 +123,12 @@ class Recognizer:
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
         return self.texts(self.run(feats))
 
-    def in_parts(self, feats: list[np.ndarray]) -> Encoding:
-        """For the scheduler: `start` now; its `decode` runs `decode` and returns `texts`, for the
-        scheduler's host thread, which takes its turns on the GIL with the GPU thread (`turns.py`)."""
+    def in_parts(self, feats: list[np.ndarray]) -> Callable[[], Callable[[], list[SegmentText]]]:
+        """For the scheduler: `start` now; the function returned runs `decode` and returns
+        `texts`, for the scheduler's host thread, which takes its turns on the GIL with the GPU
+        thread (`turns.py`)."""
         started = self.start(feats)
-        return Encoding(lambda: partial(self.texts, self.decode(started), self.turns.host_turn), started.wait)
+        return lambda: partial(self.texts, self.decode(started), self.turns.host_turn)
 
     def run(self, feats: list[np.ndarray]) -> OnHost:
         """The GPU's part of a batch, both halves at once."""

@@ -32,18 +32,19 @@ from queue import Queue
 
 import numpy as np
 
-from asrfleet.engines.funasr.recognize import Encoding, SegmentText
+from asrfleet.engines.funasr.recognize import SegmentText
 from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
 _HANDED_OVER = 2  # batches run on the GPU and waiting for the host thread, at most
 
-# A batch in three parts. `Recognize` queues the GPU's first (the encoder) and returns a handle
-# (`Encoding`) whose `decode` queues the GPU's second; the GPU thread calls it once it has queued
-# the next batch's first part. That returns the host's part (`Finish`), called in the host thread.
+# A batch in three parts. `Recognize` queues the GPU's first (the encoder) and returns the GPU's
+# second (`Decode`), which the GPU thread calls once it has queued the next batch's first part;
+# that returns the host's part (`Finish`), called in the host thread.
 Finish = Callable[[], list[SegmentText]]
-Recognize = Callable[[list[np.ndarray]], Encoding]
+Decode = Callable[[], Finish]
+Recognize = Callable[[list[np.ndarray]], Decode]
 OnResults = Callable[[str, list[tuple[int, SegmentText]]], None]
 OnError = Callable[[str, BaseException], None]
 
@@ -79,7 +80,7 @@ class _Started:
     """A batch whose encoder the GPU thread has queued."""
 
     batch: list[_Segment]
-    encoding: Encoding | None  # None: it ran out of GPU memory, to be split
+    decode: Decode | None  # None: it ran out of GPU memory, to be split
     seconds: float  # the GPU thread's time on it so far
 
 
@@ -146,11 +147,6 @@ class BatchScheduler:
     def _run(self) -> None:
         pending: _Started | None = None  # a batch whose encoder is queued, to decode
         while True:
-            if pending is not None and pending.encoding is not None:
-                # Not before the GPU has encoded the last batch: until then more segments come
-                # in, and batches stay large (taken at once, they shrank to half, session 20).
-                with self.turns.gpu_thread_sleeps():
-                    pending.encoding.wait()
             with self._cond:
                 while not self._stopped and pending is None and not self._has_work():
                     with self.turns.gpu_thread_sleeps():
@@ -182,23 +178,23 @@ class BatchScheduler:
         """Queue the batch's encoder; None when the batch failed (its requests have been told)."""
         started = time.perf_counter()
         try:
-            encoding: Encoding | None = self.recognize([s.feats for s in batch])
+            decode: Decode | None = self.recognize([s.feats for s in batch])
         except RuntimeError as err:
             if not _is_out_of_memory(err):
                 self._fail(batch, err)
                 return None
-            encoding = None  # `_decode` splits the batch
+            decode = None  # `_decode` splits the batch
         except Exception as err:  # one bad batch fails its requests, not the instance
             self._fail(batch, err)
             return None
-        return _Started(batch, encoding, time.perf_counter() - started)
+        return _Started(batch, decode, time.perf_counter() - started)
 
     def _decode(self, pending: _Started) -> None:
         """Queue the batch's decoder and hand its host part to the host thread."""
         started = time.perf_counter()
         batch = pending.batch
         try:
-            finish = pending.encoding.decode() if pending.encoding is not None else None
+            finish = pending.decode() if pending.decode is not None else None
         except RuntimeError as err:
             if not _is_out_of_memory(err):
                 self._fail(batch, err)
@@ -244,12 +240,12 @@ class BatchScheduler:
         memory (`split`: it did not fit already)."""
         if not split:
             try:
-                return self.recognize([s.feats for s in batch]).decode()
+                return self.recognize([s.feats for s in batch])()
             except RuntimeError as err:
                 if not _is_out_of_memory(err) or len(batch) == 1:
                     raise
         elif len(batch) == 1:
-            return self.recognize([s.feats for s in batch]).decode()  # may fail again: its request fails
+            return self.recognize([s.feats for s in batch])()  # may fail again: its request fails
         _release_cached_memory()
         self.stats.oom_splits += 1
         longest = max(s.frames for s in batch)
