@@ -51,6 +51,7 @@ import torch
 
 from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks, record_event
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
+from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +225,10 @@ class Slots:
 class Encoded:
     out: torch.Tensor  # (B, T, D) float32, padded frames zero
     lengths: torch.Tensor  # (B,) on the device
-    host_lengths: list[int]  # the same on the host (reading the device's would wait for the GPU)
     timestamp_alphas: torch.Tensor | None  # (B, T x upsample) unscaled; None: no timestamp head
-    # The predictor's weights (B, T + 1) with its tail (T without one), and their sums (B,) as the
-    # device adds them: host tensors, being copied until `copied` has completed (None: done).
-    cif_alphas: torch.Tensor | None
-    cif_sums: torch.Tensor | None
-    copied: torch.cuda.Event | None = None
+    cif_alphas: np.ndarray | None  # (B, T + 1) the predictor's weights with its tail, on the host
+    # (T without a tail)
+    cif_sums: np.ndarray | None  # (B,) their sums, as the device adds them
 
 
 @dataclass
@@ -251,8 +249,10 @@ class GraphedModel:
         dense: Dense,
         max_frames: int = MAX_GRAPH_FRAMES,
         capture: bool = True,
+        turns: Turns | None = None,
     ) -> None:
         self.model = model
+        self.turns = turns or Turns()  # where the GPU thread sleeps here (`turns.py`)
         self.device = device
         self.dense = dense  # the autocast and backend settings the model runs under
         self.max_frames = max_frames
@@ -300,9 +300,8 @@ class GraphedModel:
         """The encoder's output, the predictor's and the timestamp head's weights; None: run eagerly.
 
         Two graphs: the encoder with the predictor's weights, then the timestamp head. The
-        predictor's weights are copied to the host between them, so that the host can run the
+        predictor's weights are copied to the host between them, so that the host runs the
         integrate-and-fire recurrence (`cif.fire_tokens`) while the GPU runs the head's LSTM.
-        Nothing here waits for the GPU: the copy is done once `Encoded.copied` is.
         `marks`: where the batch's GPU work starts (START) and where its encoding ends (ENCODED).
         """
         marks = marks or BatchMarks(self.device)
@@ -337,9 +336,12 @@ class GraphedModel:
             up = longest * self._upsample
             alphas = slots.view("timestamp_alphas", (b, t * self._upsample))[:n, :up].clone()
         marks.mark(ENCODED)
-        cif_alphas, cif_sums = weights if weights else (None, None)
-        on_device = to_device(np.array(lengths, dtype=np.int64), self.device)
-        return Encoded(out, on_device, lengths, alphas, cif_alphas, cif_sums, copied)
+        if copied is not None:
+            with self.turns.gpu_thread_sleeps():
+                copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
+        cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
+        on_device = torch.tensor(lengths, dtype=torch.int64, device=self.device)
+        return Encoded(out, on_device, alphas, cif_alphas, cif_sums)
 
     def _encoder(self, b: int, t: int) -> None:
         """The encoder's graph: its output and, for a CIF predictor, the predictor's weights."""
@@ -463,23 +465,6 @@ def to_host(tensor: torch.Tensor) -> torch.Tensor:
     if tensor.device.type == "cpu":
         return tensor.clone()
     return tensor.to("cpu", non_blocking=True)
-
-
-def to_device(
-    values: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """`values` from the host on `device`, the copy queued, not waited for.
-
-    Through pinned memory: PyTorch copies from ordinary (pageable) memory with the stream
-    synchronized, so the host would first wait for all the GPU work queued before, such as the next
-    batch's encoder that the GPU thread queued ahead (`scheduler.py`).
-    """
-    tensor = torch.from_numpy(values) if isinstance(values, np.ndarray) else values
-    if dtype is not None:
-        tensor = tensor.to(dtype)
-    if device.type != "cuda":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def has_cif_predictor(model: torch.nn.Module) -> bool:

@@ -62,15 +62,6 @@ class OnHost:
         return self.marks.events.get(END) if self.marks is not None else None
 
 
-@dataclass(frozen=True)
-class Started:
-    """A batch whose encoder is queued on the GPU (`Recognizer.start`)."""
-
-    count: int
-    encoded: graphs.Encoded
-    marks: BatchMarks
-
-
 class Recognizer:
     """Runs a FunASR Paraformer-family model (`Paraformer`, `BiCifParaformer`) on feature batches."""
 
@@ -95,7 +86,9 @@ class Recognizer:
         if not graphs.supports(self.model):
             log.warning("CUDA graphs: %s is not supported; running eagerly", type(self.model).__name__)
             return False
-        self.graphs = graphs.GraphedModel(self.model, self.device, self._dense, max_frames, capture)
+        self.graphs = graphs.GraphedModel(
+            self.model, self.device, self._dense, max_frames, capture, turns=self.turns
+        )
         return True
 
     @contextmanager
@@ -123,50 +116,33 @@ class Recognizer:
     def __call__(self, feats: list[np.ndarray]) -> list[SegmentText]:
         return self.texts(self.run(feats))
 
-    def in_parts(self, feats: list[np.ndarray]) -> Callable[[], Callable[[], list[SegmentText]]]:
-        """For the scheduler: `start` now; the function returned runs `decode` and returns
-        `texts`, for the scheduler's host thread, which takes its turns on the GIL with the GPU
-        thread (`turns.py`)."""
-        started = self.start(feats)
-        return lambda: partial(self.texts, self.decode(started), self.turns.host_turn)
+    def in_two_parts(self, feats: list[np.ndarray]) -> Callable[[], list[SegmentText]]:
+        """`run` now; `texts` as the function returned, for the scheduler's host thread, which
+        takes its turns on the GIL with the GPU thread (`turns.py`)."""
+        return partial(self.texts, self.run(feats), self.turns.host_turn)
 
+    @torch.inference_mode()
     def run(self, feats: list[np.ndarray]) -> OnHost:
-        """The GPU's part of a batch, both halves at once."""
-        return self.decode(self.start(feats))
-
-    @torch.inference_mode()
-    def start(self, feats: list[np.ndarray]) -> Started:
-        """The GPU's first half of a batch: its encoder, queued on the GPU, not waited for.
-
-        The scheduler's GPU thread may queue the next batch's encoder before it calls `decode` on
-        this one: the GPU then encodes that batch while the host runs this one's integrate-and-fire
-        recurrence, which the decoder's input needs (`scheduler.py`).
-        """
-        marks = BatchMarks(self.device, self.clock)
-        return Started(len(feats), self._encode(feats, marks), marks)
-
-    @torch.inference_mode()
-    def decode(self, started: Started) -> OnHost:
-        """The GPU's second half of a batch: everything from the predictor's recurrence (on the
-        host, once the encoder's weights are there) to the results' copy to the host.
+        """The GPU's part of a batch: everything up to the results' copy to the host.
 
         The scheduler's GPU thread calls this and hands the result to `texts` in another thread,
-        so the GPU goes on with the next batch while the host turns this one into text. The copy is
+        so the GPU starts on the next batch while the host turns this one into text. The copy is
         not waited for here: the GPU thread prepares the next batch while the GPU finishes this
         one, and `texts` waits for it (`OnHost.ready`).
         """
-        encoded, marks = started.encoded, started.marks
+        marks = BatchMarks(self.device)
+        encoded = self._encode(feats, marks)
         embeds, token_lens = self._predict(encoded, marks)
         if int(token_lens.max()) < 1:
             marks.mark(END)
-            return OnHost(started.count, marks=marks)
-        tokens = self._best_tokens(encoded, embeds, token_lens)
+            return OnHost(len(feats), marks=marks)
+        tokens = self._best_tokens(encoded.out, encoded.lengths, embeds, token_lens)
         alphas = None
         if self.timestamps:
             alphas = self._timestamp_alphas(encoded, token_lens)
         encoder_lens = graphs.to_host(encoded.lengths)
         marks.mark(END)
-        return OnHost(started.count, tokens, token_lens, encoder_lens, alphas, marks)
+        return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
     def texts(self, batch: OnHost, wait_turn: Callable[[], None] | None = None) -> list[SegmentText]:
@@ -176,7 +152,7 @@ class Recognizer:
         """
         if batch.ready is not None:
             batch.ready.synchronize()
-            self.clock.count(batch.ready)
+            self.clock.add(batch.marks)
         if batch.tokens is None:
             return [EMPTY] * batch.count
         out = []
@@ -200,22 +176,23 @@ class Recognizer:
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
         mask = frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
-        host_lengths = [f.shape[0] for f in feats]
-        return graphs.Encoded(encoder_out.float() * mask, encoder_lens, host_lengths, None, None, None)
+        return graphs.Encoded(encoder_out.float() * mask, encoder_lens, None, None, None)
 
     def _best_tokens(
-        self, encoded: graphs.Encoded, embeds: torch.Tensor, token_lens: torch.Tensor
+        self,
+        encoder_out: torch.Tensor,
+        encoder_lens: torch.Tensor,
+        embeds: torch.Tensor,
+        token_lens: torch.Tensor,
     ) -> torch.Tensor:
         """The decoder's best token at each position (B, L), being copied to the host."""
         if self.graphs is not None:
-            tokens = self.graphs.decode(encoded.out, encoded.host_lengths, embeds, token_lens.tolist())
+            tokens = self.graphs.decode(encoder_out, encoder_lens.tolist(), embeds, token_lens.tolist())
             if tokens is not None:
                 return tokens
         with self._dense():
-            device_lens = graphs.to_device(token_lens, self.device)
-            scores, _ = self.model.cal_decoder_with_predictor(
-                encoded.out, encoded.lengths, embeds, device_lens
-            )
+            device_lens = token_lens.to(self.device)
+            scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, device_lens)
         return graphs.to_host(scores.argmax(dim=-1))
 
     def _predict(self, encoded: graphs.Encoded, marks: BatchMarks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -232,14 +209,10 @@ class Recognizer:
         if not self.cif_predictor:
             embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
             return embeds, token_num.round().long().cpu()
-        if encoded.cif_alphas is None or encoded.cif_sums is None:  # not by a graph: as the graph does
+        alphas, sums = encoded.cif_alphas, encoded.cif_sums
+        if alphas is None or sums is None:  # not computed by a graph: here, as the graph does
             weights, _ = graphs.cif_weights(p, encoder_out, frame_mask(encoder_lens, encoder_out.size(1)))
             alphas, sums = weights.cpu().numpy(), weights.sum(-1).cpu().numpy()
-        else:
-            if encoded.copied is not None:
-                with self.turns.gpu_thread_sleeps():
-                    encoded.copied.synchronize()  # the GPU runs the timestamp head meanwhile
-            alphas, sums = encoded.cif_alphas.numpy(), encoded.cif_sums.numpy()
         return self._predict_from_host(encoder_out, alphas, sums, marks)
 
     def _predict_from_host(
@@ -274,7 +247,7 @@ class Recognizer:
         alphas = encoded.timestamp_alphas
         if alphas is None:
             alphas = timestamp_alphas(self.model, encoded.out, encoded.lengths * p.upsample_times)
-        token_lens = graphs.to_device(token_lens, self.device)
+        token_lens = token_lens.to(self.device)
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
         return graphs.to_host(alphas.float())
 

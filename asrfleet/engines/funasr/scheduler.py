@@ -39,12 +39,9 @@ log = logging.getLogger(__name__)
 
 _HANDED_OVER = 2  # batches run on the GPU and waiting for the host thread, at most
 
-# A batch in three parts. `Recognize` queues the GPU's first (the encoder) and returns the GPU's
-# second (`Decode`), which the GPU thread calls once it has queued the next batch's first part;
-# that returns the host's part (`Finish`), called in the host thread.
+# The GPU's part of a batch; it returns the host's part, to be called in another thread.
 Finish = Callable[[], list[SegmentText]]
-Decode = Callable[[], Finish]
-Recognize = Callable[[list[np.ndarray]], Decode]
+Recognize = Callable[[list[np.ndarray]], Finish]
 OnResults = Callable[[str, list[tuple[int, SegmentText]]], None]
 OnError = Callable[[str, BaseException], None]
 
@@ -73,15 +70,6 @@ class _Queue:
     arrival: float
     priority: float  # seconds of audio in the request: less goes first
     segments: list[_Segment] = field(default_factory=list)
-
-
-@dataclass
-class _Started:
-    """A batch whose encoder the GPU thread has queued."""
-
-    batch: list[_Segment]
-    decode: Decode | None  # None: it ran out of GPU memory, to be split
-    seconds: float  # the GPU thread's time on it so far
 
 
 @dataclass
@@ -145,25 +133,15 @@ class BatchScheduler:
             return sum(len(q.segments) for q in self._queues.values())
 
     def _run(self) -> None:
-        pending: _Started | None = None  # a batch whose encoder is queued, to decode
         while True:
             with self._cond:
-                while not self._stopped and pending is None and not self._has_work():
+                while not self._stopped and not any(q.segments for q in self._queues.values()):
                     with self.turns.gpu_thread_sleeps():
                         self._cond.wait()
-                if self._stopped and pending is None:
+                if self._stopped:
                     return
-                batch = self._take_batch() if self._has_work() and not self._stopped else []
-            # The next batch's encoder goes into the GPU's queue before this one's decoder, whose
-            # input needs the host's recurrence: the GPU encodes meanwhile instead of waiting.
-            started = self._start(batch) if batch else None
-            if pending is not None:
-                self._decode(pending)
-            pending = started
-
-    def _has_work(self) -> bool:
-        """Whether any request has segments pending. Called with the lock held."""
-        return any(q.segments for q in self._queues.values())
+                batch = self._take_batch()
+            self._process(batch)
 
     def _take_batch(self) -> list[_Segment]:
         """Choose the next batch and remove it from the queues. Called with the lock held."""
@@ -174,42 +152,14 @@ class BatchScheduler:
             queue.segments = [s for s in queue.segments if id(s) not in taken]
         return chosen
 
-    def _start(self, batch: list[_Segment]) -> _Started | None:
-        """Queue the batch's encoder; None when the batch failed (its requests have been told)."""
+    def _process(self, batch: list[_Segment]) -> None:
         started = time.perf_counter()
         try:
-            decode: Decode | None = self.recognize([s.feats for s in batch])
-        except RuntimeError as err:
-            if not _is_out_of_memory(err):
-                self._fail(batch, err)
-                return None
-            decode = None  # `_decode` splits the batch
+            finish = self._recognize_fitting(batch)
         except Exception as err:  # one bad batch fails its requests, not the instance
             self._fail(batch, err)
-            return None
-        return _Started(batch, decode, time.perf_counter() - started)
-
-    def _decode(self, pending: _Started) -> None:
-        """Queue the batch's decoder and hand its host part to the host thread."""
-        started = time.perf_counter()
-        batch = pending.batch
-        try:
-            finish = pending.decode() if pending.decode is not None else None
-        except RuntimeError as err:
-            if not _is_out_of_memory(err):
-                self._fail(batch, err)
-                return
-            finish = None
-        except Exception as err:  # as above
-            self._fail(batch, err)
             return
-        try:
-            if finish is None:  # out of GPU memory: again in parts, each part whole
-                finish = self._recognize_fitting(batch, split=True)
-        except Exception as err:  # as above
-            self._fail(batch, err)
-            return
-        self._account(batch, pending.seconds + time.perf_counter() - started)
+        self._account(batch, time.perf_counter() - started)
         with self.turns.gpu_thread_sleeps():  # when the host thread is behind
             self._ran.put((batch, finish))
 
@@ -235,17 +185,13 @@ class BatchScheduler:
         for key in {s.key for s in batch}:
             self.on_error(key, err)
 
-    def _recognize_fitting(self, batch: list[_Segment], split: bool = False) -> Finish:
-        """Run the batch's GPU parts at once, splitting it in halves while it does not fit in GPU
-        memory (`split`: it did not fit already)."""
-        if not split:
-            try:
-                return self.recognize([s.feats for s in batch])()
-            except RuntimeError as err:
-                if not _is_out_of_memory(err) or len(batch) == 1:
-                    raise
-        elif len(batch) == 1:
-            return self.recognize([s.feats for s in batch])()  # may fail again: its request fails
+    def _recognize_fitting(self, batch: list[_Segment]) -> Finish:
+        """Run the batch, splitting it in halves while it does not fit in GPU memory."""
+        try:
+            return self.recognize([s.feats for s in batch])
+        except RuntimeError as err:
+            if not _is_out_of_memory(err) or len(batch) == 1:
+                raise
         _release_cached_memory()
         self.stats.oom_splits += 1
         longest = max(s.frames for s in batch)

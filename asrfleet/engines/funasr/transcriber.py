@@ -134,7 +134,7 @@ class FunasrTranscriber:
             recognizer.use_graphs(max_frames=min(MAX_GRAPH_FRAMES, budget.max_frames))
         self._recognizer = recognizer
         self._scheduler = BatchScheduler(
-            recognizer.in_parts, budget, self._on_results, self._on_batch_error, recognizer.turns
+            recognizer.in_two_parts, budget, self._on_results, self._on_batch_error, recognizer.turns
         )
         self._warm_up(recognizer)
         self._scheduler.start()
