@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 
 from asrfleet.config import InstanceConfig
-from asrfleet.cpus import format_cpu_list, parse_cpu_list
+from asrfleet.cpus import format_cpu_list
 from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -100,7 +100,7 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
 
 def placements() -> dict[str, str]:
     """Each instance's CPUs, by its web server's command line: the CPUs that any thread of the web
-    server, its engine or its audio workers may run on (Cpus_allowed_list), so that a result
+    server, its engine or its audio workers may run on, so that a result
     shows whether the launcher's CPU blocks took effect."""
     procs = _processes()
     roles = _roles(procs)
@@ -116,27 +116,18 @@ def placements() -> dict[str, str]:
 
 
 def _allowed_cpus(pid: int) -> set[int]:
-    """The union of the CPUs that the threads of a process may run on."""
+    """The union of the CPUs that the threads of a process may run on (each thread has its own)."""
     out: set[int] = set()
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return out
     for tid in tids:
-        out.update(allowed_in_status(f"/proc/{pid}/task/{tid}/status"))
+        try:
+            out.update(os.sched_getaffinity(int(tid)))
+        except OSError:  # gone meanwhile
+            continue
     return out
-
-
-def allowed_in_status(path: str) -> frozenset[int]:
-    """Cpus_allowed_list of a /proc status file; empty when the thread is gone."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("Cpus_allowed_list:"):
-                    return parse_cpu_list(line.split(":", 1)[1])
-    except OSError:
-        pass
-    return frozenset()
 
 
 def instance_port(cmdline: str) -> str:
