@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 SYSFS_CPUS = Path("/sys/devices/system/cpu")
@@ -53,6 +54,14 @@ def format_cpu_list(cpus: set[int] | frozenset[int] | tuple[int, ...]) -> str:
         if cpu is not None:
             start = previous = cpu
     return ",".join(ranges)
+
+
+def cpus_from_mask(words: Iterable[int]) -> frozenset[int]:
+    """A CPU bitmask of 64-bit words, as NVML's nvmlDeviceGetCpuAffinity returns it, to its CPUs:
+    bit b of word i is CPU 64 * i + b. [0b101, 1] -> {0, 2, 64}."""
+    return frozenset(
+        64 * index + bit for index, word in enumerate(words) for bit in range(64) if int(word) >> bit & 1
+    )
 
 
 def read_cores(allowed: set[int] | None = None, sysfs: Path = SYSFS_CPUS) -> list[Core]:

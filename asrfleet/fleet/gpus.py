@@ -6,11 +6,14 @@ CUDA_DEVICE_ORDER=PCI_BUS_ID so that CUDA numbers the devices the same way.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Any
 
 import pynvml
+
+from asrfleet.cpus import cpus_from_mask
 
 
 class _FromEnvironment:
@@ -26,6 +29,7 @@ class Gpu:
     name: str
     memory_total_bytes: int
     uuid: str  # "GPU-8a1b...", as nvidia-smi -L shows it
+    cpus: frozenset[int] = frozenset()  # the CPUs nearest it (its socket's); empty: NVML cannot say
 
 
 def discover_gpus(
@@ -66,7 +70,19 @@ def _read_gpu(nvml: Any, index: int) -> Gpu:
         name=_text(nvml.nvmlDeviceGetName(handle)),
         memory_total_bytes=int(nvml.nvmlDeviceGetMemoryInfo(handle).total),
         uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+        cpus=_near_cpus(nvml, handle),
     )
+
+
+def _near_cpus(nvml: Any, handle: Any) -> frozenset[int]:
+    """The CPUs NVML says are nearest the GPU; empty, unknown, where it cannot say (old drivers,
+    NOT_SUPPORTED): the launcher then splits every core as if there were one socket."""
+    words = math.ceil((os.cpu_count() or 1) / 64)  # one 64-bit word per 64 CPUs
+    try:
+        mask = nvml.nvmlDeviceGetCpuAffinity(handle, words)
+    except pynvml.NVMLError:
+        return frozenset()
+    return cpus_from_mask(mask)
 
 
 def _text(value: str | bytes) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
 from dataclasses import dataclass
 
 import pynvml
@@ -15,6 +17,8 @@ UUIDS = [
     "GPU-8a1b9999-0000-1111-2222-333344445555",
     "GPU-f00dcafe-0000-1111-2222-333344445555",
 ]
+# The CPUs nearest each GPU: two on the first socket, one on the second.
+NEAR = [frozenset(range(8)), frozenset(range(8)), frozenset(range(8, 16))]
 
 
 @dataclass
@@ -22,14 +26,30 @@ class Memory:
     total: int
 
 
+def mask(cpus: frozenset[int], words: int) -> ctypes.Array:
+    """A CPU set as NVML writes it: `words` 64-bit words (a ctypes array, as pynvml returns it)."""
+    return (ctypes.c_ulonglong * words)(
+        *(sum(1 << cpu % 64 for cpu in cpus if cpu // 64 == word) for word in range(words))
+    )
+
+
 class FakeNvml:
     """The few pynvml functions discovery uses, over three H200s."""
 
-    def __init__(self, init_error: int | None = None, as_bytes: bool = False) -> None:
+    def __init__(
+        self,
+        init_error: int | None = None,
+        as_bytes: bool = False,
+        near: list[frozenset[int]] = NEAR,
+        affinity_error: int | None = None,
+    ) -> None:
         self.init_error = init_error
         self.as_bytes = as_bytes
+        self.near = near
+        self.affinity_error = affinity_error
         self.initialized = False
         self.shutdowns = 0
+        self.cpu_set_sizes: list[int] = []
 
     def nvmlInit(self) -> None:
         if self.init_error is not None:
@@ -56,6 +76,12 @@ class FakeNvml:
     def nvmlDeviceGetUUID(self, handle: int) -> str | bytes:
         return UUIDS[handle].encode() if self.as_bytes else UUIDS[handle]
 
+    def nvmlDeviceGetCpuAffinity(self, handle: int, cpuSetSize: int) -> ctypes.Array:
+        if self.affinity_error is not None:
+            raise pynvml.NVMLError(self.affinity_error)
+        self.cpu_set_sizes.append(cpuSetSize)
+        return mask(self.near[handle], cpuSetSize)  # like NVML, no more words than asked for
+
 
 def indices(gpus: list[Gpu]) -> list[int]:
     return [gpu.index for gpu in gpus]
@@ -64,9 +90,26 @@ def indices(gpus: list[Gpu]) -> list[int]:
 def test_reads_every_gpu() -> None:
     nvml = FakeNvml()
     gpus = read_gpus(nvml)
-    assert gpus[2] == Gpu(index=2, name="NVIDIA H200", memory_total_bytes=141 * GIB, uuid=UUIDS[2])
+    assert gpus[2] == Gpu(
+        index=2, name="NVIDIA H200", memory_total_bytes=141 * GIB, uuid=UUIDS[2], cpus=NEAR[2]
+    )
     assert indices(gpus) == [0, 1, 2]
     assert nvml.shutdowns == 1
+
+
+def test_reads_the_cpus_near_each_gpu_word_by_word(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 130)  # three words: CPUs 0-63, 64-127, 128-129
+    near = [frozenset({0, 63}), frozenset({64, 100, 127}), frozenset({1, 128, 129})]
+    nvml = FakeNvml(near=near)
+    assert [gpu.cpus for gpu in read_gpus(nvml)] == near
+    assert nvml.cpu_set_sizes == [3, 3, 3]
+
+
+@pytest.mark.parametrize("error", [pynvml.NVML_ERROR_NOT_SUPPORTED, pynvml.NVML_ERROR_FUNCTION_NOT_FOUND])
+def test_affinity_nvml_cannot_tell_is_unknown(error: int) -> None:
+    gpus = read_gpus(FakeNvml(affinity_error=error))
+    assert [gpu.cpus for gpu in gpus] == [frozenset()] * 3
+    assert [gpu.uuid for gpu in gpus] == UUIDS  # the rest is read as ever
 
 
 def test_decodes_bytes_from_old_pynvml() -> None:

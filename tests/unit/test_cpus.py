@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from asrfleet.cpus import format_cpu_list, parse_cpu_list, read_cores, split_cores
+from asrfleet.cpus import cpus_from_mask, format_cpu_list, parse_cpu_list, read_cores, split_cores
 
 
 @pytest.mark.parametrize(
@@ -43,6 +43,20 @@ def test_parse_cpu_list_rejects_a_backward_range():
 def test_format_cpu_list_is_the_shortest_list(cpus, text):
     assert format_cpu_list(cpus) == text
     assert parse_cpu_list(text) == set(cpus)
+
+
+@pytest.mark.parametrize(
+    ("words", "cpus"),
+    [
+        ([], set()),
+        ([0, 0], set()),
+        ([0b1011], {0, 1, 3}),
+        ([1 << 63, 0, 1], {63, 128}),  # word i covers CPUs 64 * i to 64 * i + 63
+        ([0, 2**64 - 1], set(range(64, 128))),
+    ],
+)
+def test_cpus_from_mask_reads_64_cpus_a_word(words, cpus):
+    assert cpus_from_mask(words) == cpus
 
 
 def fake_sysfs(root: Path, topology: dict[int, tuple[int, int]]) -> Path:
