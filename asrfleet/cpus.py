@@ -7,7 +7,9 @@ instances alone; each on its own 16, 3 603x and 3 543x, 1.95x and 1.93x, the sam
 after the other (`benchmarks/results/README.md`, session 19), but 1.83x pinned against 1.86x
 unpinned in session 20: within the runs' spread. What it guarantees is isolation: one instance's
 audio workers, web server and engine never run on another instance's CPUs, so a burst of decoding
-for one GPU cannot take the CPUs that another GPU's engine needs.
+for one GPU cannot take the CPUs that another GPU's engine needs. Where NVML names each GPU's
+nearest CPUs (`cpus_from_mask`; its socket's, on a host of several), the blocks come from those
+(`asrfleet/fleet/plan.py`), so an instance's memory and PCIe traffic stay on its GPU's socket.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@ One instance per GPU by default, each pinned to it with CUDA_VISIBLE_DEVICES, on
 and to its GPU's block of the host's cores with `--cpus` (unless --no-pin-cpus). `--per-gpu K` puts
 K on one card (they split its memory and its block of cores); a machine without GPUs gets CPU
 instances that split its cores by their thread counts.
+
+The blocks come from the CPUs nearest each GPU where NVML names them (`Gpu.cpus`: its socket's, on a
+host of several sockets): the GPUs that share a near set split the cores inside it, so that no
+instance reaches its GPU across the socket link. Where the near sets tell nothing (unknown, every GPU
+near every CPU as in a VM, or sets that overlap) or a set holds fewer cores than its GPU slots, every
+core is split over the slots in GPU order.
 """
 
 from __future__ import annotations
@@ -95,12 +101,11 @@ def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cores: list[Core]) -> tupl
         )
     assigned = [gpus[i % len(gpus)] for i in range(count)]  # spread over the cards first
     per_card = Counter(g.index for g in assigned)
-    shares, warnings = _cpu_shares(opts, cores, slots)
-    cpus_each = max(1, sum(len(core) for core in cores) // count)
+    shares, warnings = _cpu_shares(opts, gpus, cores)
     configs = []
     for index, gpu in enumerate(assigned):
         share = shares[_slot(index, len(gpus), opts.per_gpu)] if shares else None
-        each = len(share) if share else cpus_each
+        each = len(share) if share else _cpus_each(cores, count)
         config = opts.instance.replace(
             device="cuda",
             threads=opts.instance.threads or min(4, each),
@@ -112,23 +117,72 @@ def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cores: list[Core]) -> tupl
     return configs, warnings + _sharing_warnings(opts.instance, assigned, per_card)
 
 
+def _cpus_each(cores: list[Core], count: int) -> int:
+    """The CPUs an instance without a block of its own counts on: its part of all of them."""
+    return max(1, sum(len(core) for core in cores) // count)
+
+
 def _cpu_shares(
-    opts: FleetOptions, cores: list[Core], slots: int
+    opts: FleetOptions, gpus: list[Gpu], cores: list[Core]
 ) -> tuple[list[frozenset[int]] | None, list[str]]:
     """Each GPU slot's block of cores (`asrfleet/cpus.py` says why), or None: every instance on
     every CPU. Per slot, not per instance, so that growing or shrinking a fleet leaves the
     instances that stay as they are (a changed command line would restart them)."""
+    slots = len(gpus) * opts.per_gpu
     if not opts.pin_cpus or slots == 1:
         return None, []
+    near, warnings = _near_shares(gpus, cores, opts.per_gpu)
+    if near is not None:
+        return near, []
     shares = split_cores(cores, slots)
     if shares is None:
-        return None, [f"{slots} GPU slots but {len(cores)} CPU cores: the instances share every CPU"]
-    return shares, []
+        warnings.append(f"{slots} GPU slots but {len(cores)} CPU cores: the instances share every CPU")
+    return shares, warnings
+
+
+def _near_shares(
+    gpus: list[Gpu], cores: list[Core], per_gpu: int
+) -> tuple[list[frozenset[int]] | None, list[str]]:
+    """Each GPU slot's block from the cores near its GPU, or None where the near sets do not tell
+    the sockets apart or one holds fewer cores than its slots (with a warning).
+
+    Cores near none of these GPUs (the other socket's, under `--gpus 4,5,6,7`) stay unused by the
+    pinned instances: isolation, each instance on its GPU's socket, over using them."""
+    groups = _near_groups(gpus, cores)
+    if groups is None:
+        return None, []
+    shares: dict[int, frozenset[int]] = {}
+    for near, positions in groups.items():
+        own = [core for core in cores if near.issuperset(core)]  # whole cores only
+        slots = [position * per_gpu + k for position in positions for k in range(per_gpu)]
+        blocks = split_cores(own, len(slots))
+        if blocks is None:
+            named = ",".join(str(gpus[position].index) for position in positions)
+            return None, [
+                f"{len(slots)} GPU slots on GPU {named} but {len(own)} CPU cores near "
+                f"{'it' if len(positions) == 1 else 'them'} ({format_cpu_list(near)}): the blocks are "
+                "cut from every core, whichever socket it is on"
+            ]
+        shares.update(zip(slots, blocks, strict=True))  # a card's slots: neighbouring blocks
+    return [shares[slot] for slot in range(len(gpus) * per_gpu)], []
+
+
+def _near_groups(gpus: list[Gpu], cores: list[Core]) -> dict[frozenset[int], list[int]] | None:
+    """The GPUs' positions in `gpus`, grouped by their near CPUs; None where those sets tell
+    nothing: a GPU's is unknown (empty), two overlap, or one set holds every core (a VM, or a
+    single socket), where splitting every core is the same."""
+    groups: dict[frozenset[int], list[int]] = {}
+    for position, gpu in enumerate(gpus):
+        groups.setdefault(gpu.cpus, []).append(position)
+    near_sets = list(groups)
+    unknown = frozenset() in groups
+    overlap = sum(len(near) for near in near_sets) > len(frozenset().union(*near_sets))
+    everywhere = len(groups) == 1 and all(near_sets[0].issuperset(core) for core in cores)
+    return None if unknown or overlap or everywhere else groups
 
 
 def _slot(index: int, gpus: int, per_gpu: int) -> int:
-    """Instance `index`'s slot, GPU by GPU: a card's instances get neighbouring blocks of cores
-    (on a host of two sockets, the same socket as a rule)."""
+    """Instance `index`'s slot, GPU by GPU: a card's instances get neighbouring blocks of cores."""
     return (index % gpus) * per_gpu + index // gpus
 
 

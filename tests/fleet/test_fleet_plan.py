@@ -13,6 +13,42 @@ from asrfleet.fleet.plan import FleetOptions, PlanError, plan_fleet
 
 GPUS = [Gpu(index=i, name="NVIDIA H200", memory_total_bytes=141 * 2**30, uuid=f"GPU-{i}") for i in range(4)]
 
+# A host of two sockets of 16 cores, two hyperthreads each, as read_cores orders them: socket 0's
+# (CPUs 0-15, their siblings 32-47), then socket 1's (16-31, siblings 48-63).
+TWO_SOCKETS = [(cpu, cpu + 32) for cpu in range(32)]
+SOCKET_CPUS = [
+    frozenset(range(0, 16)) | frozenset(range(32, 48)),
+    frozenset(range(16, 32)) | frozenset(range(48, 64)),
+]
+TODAYS_SPLIT = ["0-7,32-39", "8-15,40-47", "16-23,48-55", "24-31,56-63"]  # every core over 4 slots
+
+
+def eight_gpus(near: list[frozenset[int]]) -> list[Gpu]:
+    """Eight H200s, GPU i nearest the CPUs near[i]."""
+    return [
+        Gpu(index=i, name="NVIDIA H200", memory_total_bytes=141 * 2**30, uuid=f"GPU-{i}", cpus=cpus)
+        for i, cpus in enumerate(near)
+    ]
+
+
+# GPUs 0-3 on socket 0, 4-7 on socket 1, as NVML reports them.
+EIGHT = eight_gpus([SOCKET_CPUS[i // 4] for i in range(8)])
+
+
+def pick(gpus: list[Gpu], indices: list[int]) -> list[Gpu]:
+    """`--gpus` with these indices."""
+    return [gpus[i] for i in indices]
+
+
+def blocks(p) -> list[tuple[str, str]]:
+    """Each instance's GPU and --cpus, in instance order."""
+    return [(i.gpu, c.cpus) for i, c in zip(p.spec.instances, p.configs, strict=True)]
+
+
+def block(first_core: int) -> str:
+    """Four cores of TWO_SOCKETS from `first_core` on, with their hyperthreads."""
+    return f"{first_core}-{first_core + 3},{first_core + 32}-{first_core + 35}"
+
 
 def plan(gpus=GPUS, cpus=64, cores=None, **options):
     """`cpus` cores of one CPU each, unless `cores` says otherwise."""
@@ -135,3 +171,82 @@ def test_cpu_instances_are_not_pinned():
 def test_nginx_takes_the_upload_limit_of_the_instances():
     p = plan(instance=InstanceConfig(max_file_size=123 * 2**20))
     assert p.spec.max_body_bytes == 123 * 2**20
+
+
+def test_gpus_of_one_socket_run_on_its_cores_only():
+    p = plan(gpus=pick(EIGHT, [4, 5, 6, 7]), cores=TWO_SOCKETS)
+    assert blocks(p) == [("4", block(16)), ("5", block(20)), ("6", block(24)), ("7", block(28))]
+    assert p.warnings == ()  # socket 0's cores stay unused: isolation over using them
+    assert (
+        plan(gpus=pick(EIGHT, [4, 5, 6, 7]), cores=TWO_SOCKETS, instances=2).spec.instances
+        == (p.spec.instances[:2])
+    )
+
+
+@pytest.mark.parametrize(
+    ("socket_of", "first_cores"),
+    [
+        (lambda gpu: gpu // 4, [0, 4, 8, 12, 16, 20, 24, 28]),  # GPUs 0-3 on socket 0
+        (lambda gpu: gpu % 2, [0, 16, 4, 20, 8, 24, 12, 28]),  # even GPUs on socket 0, odd on socket 1
+    ],
+    ids=["0-3 and 4-7", "even and odd"],
+)
+def test_every_gpu_gets_its_own_sockets_cores(socket_of, first_cores):
+    gpus = eight_gpus([SOCKET_CPUS[socket_of(i)] for i in range(8)])
+    p = plan(gpus=gpus, cores=TWO_SOCKETS)
+    assert blocks(p) == [(str(i), block(first)) for i, first in enumerate(first_cores)]
+    assert p.warnings == ()
+
+
+def test_per_gpu_instances_share_their_gpus_socket():
+    p = plan(gpus=pick(EIGHT, [0, 4, 5]), per_gpu=2, cores=TWO_SOCKETS)
+    # Socket 0's 16 cores over GPU 0's two slots; socket 1's over the four of GPUs 4 and 5.
+    assert blocks(p) == [
+        ("0", "0-7,32-39"),
+        ("4", block(16)),
+        ("5", block(24)),
+        ("0", "8-15,40-47"),
+        ("4", block(20)),
+        ("5", block(28)),
+    ]
+    assert all("runs 2 instances" in warning for warning in p.warnings)  # --per-gpu's, none on CPUs
+
+
+@pytest.mark.parametrize(
+    "near",
+    [
+        [frozenset()] * 4,  # an old driver: NVML cannot say
+        [frozenset(), *SOCKET_CPUS[1:] * 3],  # one GPU it cannot say for
+        [*SOCKET_CPUS[1:] * 2, *[frozenset(range(0, 24)) | frozenset(range(32, 56))] * 2],  # overlapping
+    ],
+    ids=["unknown", "one unknown", "overlapping"],
+)
+def test_near_sets_that_tell_nothing_split_every_core(near):
+    p = plan(gpus=eight_gpus(near)[:4], cores=TWO_SOCKETS)
+    assert [c.cpus for c in p.configs] == TODAYS_SPLIT
+    assert p.warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("cores", "cpus", "warnings"),
+    [
+        (TWO_SOCKETS, TODAYS_SPLIT, ()),
+        ([(0,), (1,), (2,)], [""] * 4, ("4 GPU slots but 3 CPU cores: the instances share every CPU",)),
+    ],
+    ids=["enough cores", "too few cores: no word on sockets"],
+)
+def test_every_gpu_near_every_cpu_splits_every_core(cores, cpus, warnings):
+    vm = eight_gpus([frozenset(range(64))] * 8)  # a VM: NVML puts each GPU near every CPU
+    p = plan(gpus=pick(vm, [4, 5, 6, 7]), cores=cores)
+    assert [c.cpus for c in p.configs] == cpus
+    assert p.warnings == warnings
+
+
+def test_a_socket_with_fewer_cores_than_its_slots_splits_every_core_with_a_warning():
+    cores = TWO_SOCKETS[:18]  # the launcher may use socket 0 and two cores of socket 1
+    p = plan(gpus=pick(EIGHT, [0, 4, 5, 6]), cores=cores)
+    assert [c.cpus for c in p.configs] == ["0-4,32-36", "5-9,37-41", "10-13,42-45", "14-17,46-49"]
+    assert p.warnings == (
+        "3 GPU slots on GPU 4,5,6 but 2 CPU cores near them (16-31,48-63): "
+        "the blocks are cut from every core, whichever socket it is on",
+    )
