@@ -365,7 +365,7 @@ def status(run_dir: Path, ssh: SshOptions, out: Say = say) -> int:
 def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: Say) -> bool:
     """The table of instances, the nginx URL and the ssh command; True when all is well."""
     states = supervisor.processes()
-    rows = [("INSTANCE", "GPU", "PORT", "URL", "STATE")]
+    rows = [("INSTANCE", "GPU", "CPUS", "PORT", "URL", "STATE")]
     healthy = True
     failed = []
     for instance in spec.instances:
@@ -377,10 +377,11 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
         if info is not None and info.state == "FATAL":
             failed.append(instance)
         gpu = instance.gpu if instance.gpu is not None else "cpu"
-        rows.append((instance.name, gpu, str(instance.port), instance_url(instance), shown))
+        cpus = instance.cpus or "any"
+        rows.append((instance.name, gpu, cpus, str(instance.port), instance_url(instance), shown))
     nginx = states.get("nginx")
     healthy &= nginx is not None and nginx.state == RUNNING
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     out(f"\nnginx: http://{spec.lb_host}:{spec.lb_port}  ({nginx.state if nginx else 'MISSING'})")

@@ -57,6 +57,19 @@ class InstanceSpec:
             raise ValueError(f"{self.name}: command is empty")
         self._check_environment()
 
+    @property
+    def cpus(self) -> str:
+        """The CPU list its command pins it to ("0-15", its --cpus); "" where it runs on any CPU.
+        Read from the command, which is what runs, so that it cannot disagree with it; the last
+        --cpus counts, as for argparse."""
+        cpus = ""
+        for index, arg in enumerate(self.command):
+            if arg == "--cpus" and index + 1 < len(self.command):
+                cpus = self.command[index + 1]
+            elif arg.startswith("--cpus="):
+                cpus = arg.removeprefix("--cpus=")
+        return cpus
+
     def _check_environment(self) -> None:
         # The instance's GPU and temp dir reach the process only through its environment: if the two
         # disagree, the fleet would put two instances on one GPU or share temp files between them.

@@ -42,9 +42,9 @@ def transcribe(url: str, path: Path) -> str:
 def test_up_prints_the_table_the_url_and_one_ssh_command(fleet):
     out = fleet["up"]
     assert re.search(
-        rf"asr-0\s+cpu\s+{fleet['base_port']}\s+http://127.0.0.1:{fleet['base_port']}\s+ready", out
+        rf"asr-0\s+cpu\s+any\s+{fleet['base_port']}\s+http://127.0.0.1:{fleet['base_port']}\s+ready", out
     )
-    assert re.search(rf"asr-1\s+cpu\s+{fleet['base_port'] + 1}\s+\S+\s+ready", out)
+    assert re.search(rf"asr-1\s+cpu\s+any\s+{fleet['base_port'] + 1}\s+\S+\s+ready", out)
     assert f"nginx: http://127.0.0.1:{fleet['lb_port']}" in out
     ssh_lines = [line.strip() for line in out.splitlines() if line.strip().startswith("ssh ")]
     assert len(ssh_lines) == 1
@@ -139,7 +139,7 @@ def test_launching_again_reports_the_running_fleet(fleet):
 
 def test_launching_again_with_more_instances_reconciles(fleet, recording):
     result = launcher(*[a if a != "2" else "3" for a in fleet["args"]])
-    assert re.search(r"asr-2\s+cpu\s+\d+\s+\S+\s+ready", result.stdout)
+    assert re.search(r"asr-2\s+cpu\s+any\s+\d+\s+\S+\s+ready", result.stdout)
     assert transcribe(f"http://127.0.0.1:{fleet['base_port'] + 2}", recording)[1]
     result = launcher(*fleet["args"])
     assert "asr-2" not in result.stdout.split("INSTANCE")[-1]

@@ -107,6 +107,7 @@ def test_gpu_instances_split_the_cpus_for_decoding_workers():
 def test_each_gpu_instance_runs_on_its_own_block_of_cores():
     p = plan(cpus=64)
     assert [c.cpus for c in p.configs] == ["0-15", "16-31", "32-47", "48-63"]
+    assert [i.cpus for i in p.spec.instances] == ["0-15", "16-31", "32-47", "48-63"]  # as `status` shows them
     for instance, config in zip(p.spec.instances, p.configs, strict=True):
         assert ("--cpus", config.cpus) in pairwise(instance.command)
 

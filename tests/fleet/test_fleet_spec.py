@@ -83,6 +83,22 @@ def test_instance_checks_itself(change: dict) -> None:
         dataclasses.replace(instance(0, gpu="0"), **change)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "cpus"),
+    [
+        ((), ""),
+        (("--cpus", "0-15"), "0-15"),
+        (("--cpus=16-31",), "16-31"),
+        (("--cpus", "0-15", "--threads", "4", "--cpus=16-31"), "16-31"),  # the last counts, as for argparse
+        (("--cpus",), ""),  # a flag without its value pins nothing
+        (("--cpus-other", "3"), ""),
+    ],
+)
+def test_instance_cpus_are_read_from_its_command(arguments: tuple[str, ...], cpus: str) -> None:
+    spec = make_instance(0, port=6006, run_dir=RUN, command=("python", "-m", "instances", *arguments))
+    assert spec.cpus == cpus
+
+
 def test_instance_is_hashable() -> None:
     assert hash(instance(0)) == hash(instance(0))
 
