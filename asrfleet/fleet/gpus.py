@@ -77,7 +77,9 @@ def _read_gpu(nvml: Any, index: int) -> Gpu:
 def _near_cpus(nvml: Any, handle: Any) -> frozenset[int]:
     """The CPUs NVML says are nearest the GPU; empty, unknown, where it cannot say (old drivers,
     NOT_SUPPORTED): the launcher then splits every core as if there were one socket."""
-    words = math.ceil((os.cpu_count() or 1) / 64)  # one 64-bit word per 64 CPUs
+    # One 64-bit word per 64 CPUs, counting those the kernel knows but has offline, whose numbers
+    # can sit below an online CPU's (os.cpu_count() counts only the online ones).
+    words = math.ceil(os.sysconf("SC_NPROCESSORS_CONF") / 64)
     try:
         mask = nvml.nvmlDeviceGetCpuAffinity(handle, words)
     except pynvml.NVMLError:

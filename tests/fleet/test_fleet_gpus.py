@@ -98,7 +98,8 @@ def test_reads_every_gpu() -> None:
 
 
 def test_reads_the_cpus_near_each_gpu_word_by_word(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 130)  # three words: CPUs 0-63, 64-127, 128-129
+    configured = {"SC_NPROCESSORS_CONF": 130}  # three words: CPUs 0-63, 64-127, 128-129
+    monkeypatch.setattr(os, "sysconf", lambda name: configured[name])
     near = [frozenset({0, 63}), frozenset({64, 100, 127}), frozenset({1, 128, 129})]
     nvml = FakeNvml(near=near)
     assert [gpu.cpus for gpu in read_gpus(nvml)] == near
