@@ -93,6 +93,18 @@ def test_read_cores_of_this_machine_covers_its_cpus():
     assert sorted(cpu for core in cores for cpu in core) == sorted(os.sched_getaffinity(0))
 
 
+def test_read_cores_keeps_to_the_cpus_the_launcher_was_started_on():
+    # `taskset -c 0 python launcher.py` (the README's way to keep two fleets apart) narrows what
+    # this process may use; read_cores must not reach past it.
+    everything = os.sched_getaffinity(0)
+    first = min(everything)
+    os.sched_setaffinity(0, {first})
+    try:
+        assert [cpu for core in read_cores() for cpu in core] == [first]
+    finally:
+        os.sched_setaffinity(0, everything)
+
+
 def test_split_cores_gives_consecutive_blocks_of_whole_cores():
     cores = [(0, 4), (1, 5), (2, 6), (3, 7)]
     assert split_cores(cores, 2) == [{0, 4, 1, 5}, {2, 6, 3, 7}]
