@@ -100,8 +100,8 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
 
 def placements() -> dict[str, str]:
     """Each instance's CPUs, by its web server's command line: the CPUs that any thread of the web
-    server, its engine or its audio workers may run on, so that a result
-    shows whether the launcher's CPU blocks took effect."""
+    server, its engine or its audio workers may run on; and those of nginx's workers. A result
+    thus shows whether the launcher's CPU blocks took effect."""
     procs = _processes()
     roles = _roles(procs)
     instance_of: dict[int, int] = {pid: pid for pid, role in roles.items() if role == "web"}
@@ -112,7 +112,15 @@ def placements() -> dict[str, str]:
     cpus: dict[int, set[int]] = {}
     for pid, web in instance_of.items():
         cpus.setdefault(web, set()).update(_allowed_cpus(pid))
-    return {instance_port(procs[web][1]): format_cpu_list(cpus[web]) for web in sorted(cpus) if cpus[web]}
+    found = {instance_port(procs[web][1]): format_cpu_list(cpus[web]) for web in sorted(cpus) if cpus[web]}
+    # nginx's workers only: its master stays wherever it was started (the launcher's --nginx-cores).
+    nginx = [
+        pid for pid, role in roles.items() if role == "nginx" and procs[pid][1].startswith("nginx: worker")
+    ]
+    nginx_cpus = set().union(*(_allowed_cpus(pid) for pid in nginx))
+    if nginx_cpus:
+        found["nginx workers"] = format_cpu_list(nginx_cpus)
+    return found
 
 
 def _allowed_cpus(pid: int) -> set[int]:

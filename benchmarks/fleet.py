@@ -269,6 +269,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the launcher's --no-pin-cpus: every instance on every CPU (default: each on its own block)",
     )
     p.add_argument(
+        "--nginx-cores",
+        type=int,
+        default=0,
+        help="the launcher's --nginx-cores: the host's last N cores for nginx alone (default: 0)",
+    )
+    p.add_argument(
         "--warm-up",
         type=int,
         default=40,
@@ -313,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         common += ["--vad-scores", args.vad_scores]
     if args.no_pin_cpus:
         common.append("--no-pin-cpus")
+    if args.nginx_cores:
+        common += ["--nginx-cores", str(args.nginx_cores)]
     common += args.instance_option
     c = args.per_instance_concurrency
     result = {
@@ -325,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
         "instance_options": args.instance_option,
         "pin_cpus": not args.no_pin_cpus,
+        "nginx_cores": args.nginx_cores,
         "runs": [],
     }
 
@@ -381,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
         result["instance_cpus"] = cpu.placements()
-        print(f"instances' CPUs: {result['instance_cpus']}", flush=True)
+        print(f"CPUs of the instances and nginx's workers: {result['instance_cpus']}", flush=True)
         if args.client_cpus:
             result["client_cpus"] = confine_clients(args.client_cpus)
         result["warm_up_graphs"] = warm_up(

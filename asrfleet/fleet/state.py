@@ -32,6 +32,7 @@ def to_dict(spec: FleetSpec) -> dict:
     data = dataclasses.asdict(spec)
     data["draining"] = sorted(spec.draining)
     data["down"] = sorted(spec.down)
+    data["nginx_cpus"] = sorted(spec.nginx_cpus)
     return _paths_to_str(data)
 
 
@@ -56,6 +57,7 @@ def from_dict(data: dict) -> FleetSpec:
             "supervisor": SupervisorSettings(**data["supervisor"]),
             "draining": frozenset(data.get("draining", [])),
             "down": frozenset(data.get("down", [])),
+            "nginx_cpus": frozenset(data.get("nginx_cpus", [])),
         }
     )
 

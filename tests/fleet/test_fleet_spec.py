@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
 
+from asrfleet.fleet import state
 from asrfleet.fleet.spec import (
     MAX_SOCKET_PATH_BYTES,
     FleetSpec,
@@ -154,3 +156,12 @@ def test_socket_path_length_is_checked() -> None:
     assert len(str(fleet(run_dir=fits).socket_path)) == MAX_SOCKET_PATH_BYTES
     with pytest.raises(ValueError, match="shorter run directory"):
         fleet(run_dir=Path(str(fits) + "r"))
+
+
+def test_the_state_file_keeps_nginx_s_cpus_and_reads_older_files_without_them() -> None:
+    spec = fleet(instance(0, gpu="0"), instance(1, gpu="1"), nginx_cpus=frozenset({31, 30}))
+    data = json.loads(json.dumps(state.to_dict(spec)))  # as written to and read from fleet.json
+    assert data["nginx_cpus"] == [30, 31]
+    assert state.from_dict(data) == spec
+    del data["nginx_cpus"]  # a fleet.json from before --nginx-cores
+    assert state.from_dict(data).nginx_cpus == frozenset()

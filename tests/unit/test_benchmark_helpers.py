@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
+from benchmarks import cpu
 from benchmarks.cpu import (
     PROCESS_NAME,
     Snapshot,
@@ -116,6 +117,28 @@ def test_placements_report_the_cpus_of_an_instance_s_whole_process_tree():
     finally:
         fake.stdin.close()
         fake.wait(timeout=10)
+
+
+@pytest.mark.skipif(1 not in os.sched_getaffinity(0), reason="needs CPU 1")
+def test_placements_report_the_cpus_of_nginx_s_workers(monkeypatch):
+    # A stand-in worker: nginx names its workers "nginx: worker process"; this one runs on CPU 1.
+    fake = subprocess.Popen(["bash", "-c", 'exec -a "nginx: worker process" sleep 60'])
+    try:
+        os.sched_setaffinity(fake.pid, {1})
+        deadline = time.monotonic() + 10
+        while not _cmdline(fake.pid).startswith("nginx: worker") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        every = cpu._processes
+        monkeypatch.setattr(cpu, "_processes", lambda: {p: v for p, v in every().items() if p == fake.pid})
+        assert placements() == {"nginx workers": "1"}
+    finally:
+        fake.kill()
+        fake.wait(timeout=10)
+
+
+def _cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode()
 
 
 def test_host_jiffies_count_steal_as_busy_and_guest_time_once():
