@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,18 @@ def _option(name: str, value: object) -> list[str]:
     if isinstance(value, bool):
         return [flag] if value else []
     return [flag, str(value)]
+
+
+def option_value(argv: Sequence[str], flag: str) -> str | None:
+    """The value an argv gives an option, as "--flag VALUE" or "--flag=VALUE"; the last one counts,
+    as for argparse. None where it gives none (a trailing "--flag" has no value)."""
+    value = None
+    for index, arg in enumerate(argv):
+        if arg == flag and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.removeprefix(flag + "=")
+    return value
 
 
 def _cpu_list(text: str) -> str:

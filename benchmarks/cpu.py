@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from asrfleet.config import InstanceConfig
+from asrfleet.config import InstanceConfig, option_value
 from asrfleet.cpus import format_cpu_list
 from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
@@ -141,13 +141,7 @@ def _allowed_cpus(pid: int) -> set[int]:
 def instance_port(cmdline: str) -> str:
     """'port 6007' from an instance's command line: its --port, or the default when it has none
     (the launcher leaves defaults out)."""
-    words = cmdline.split()
-    for i, word in enumerate(words):
-        if word.startswith("--port="):
-            return f"port {word.split('=', 1)[1]}"
-        if word == "--port" and i + 1 < len(words):
-            return f"port {words[i + 1]}"
-    return f"port {InstanceConfig().port}"
+    return f"port {option_value(cmdline.split(), '--port') or InstanceConfig().port}"
 
 
 def _host() -> tuple[float, float, float]:

@@ -12,6 +12,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asrfleet.config import option_value
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_LB_PORT = 8000
 # Hour-long recordings: a request may legitimately take this long end to end.
@@ -60,15 +62,8 @@ class InstanceSpec:
     @property
     def cpus(self) -> str:
         """The CPU list its command pins it to ("0-15", its --cpus); "" where it runs on any CPU.
-        Read from the command, which is what runs, so that it cannot disagree with it; the last
-        --cpus counts, as for argparse."""
-        cpus = ""
-        for index, arg in enumerate(self.command):
-            if arg == "--cpus" and index + 1 < len(self.command):
-                cpus = self.command[index + 1]
-            elif arg.startswith("--cpus="):
-                cpus = arg.removeprefix("--cpus=")
-        return cpus
+        Read from the command, which is what runs, so that it cannot disagree with it."""
+        return option_value(self.command, "--cpus") or ""
 
     def _check_environment(self) -> None:
         # The instance's GPU and temp dir reach the process only through its environment: if the two
