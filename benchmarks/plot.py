@@ -1,19 +1,34 @@
-"""Plot the committed benchmark results: throughput, speed-up and GPU memory per configuration.
+"""Plot the committed benchmark results: throughput, speed-ups, fleet scaling and GPU memory.
 
     python -m benchmarks.plot benchmarks/results/one_gpu.json benchmarks/results/fleet.json \
-        [more fleet runs ...] --out benchmarks/results/benchmarks.png
+        [more fleet runs, oldest first ...] --out benchmarks/results/benchmarks.png
 
-The first fleet file of each API (Gradio, /v1) gives "one instance" in the throughput panel;
-every fleet file gives its fleets' speed-ups, so that repeated runs show how much they vary.
+The last fleet file of each API (Gradio, /v1) gives "one instance" in the throughput panel. Every
+fleet file gives a point per fleet it measured, in the order given, so that repeated runs show how
+much they vary: filled through nginx, hollow for the same instances at once without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 GIB = 2**30
+TARGETS = {2: 1.9, 4: 3.7}  # a fleet's throughput against one instance (issue 4)
+
+
+@dataclass(frozen=True)
+class FleetPoint:
+    """One fleet measured in one run: its speed-up over one instance, through nginx and without."""
+
+    run: str  # the file's short name
+    host: str  # "2× H200, 32 CPUs"
+    api: str
+    instances: int
+    via_nginx: float
+    direct: float | None  # older runs did not measure the instances at once without nginx
 
 
 def _level(run: dict, concurrency: int | None = None) -> dict:
@@ -26,23 +41,10 @@ def _instance_peak(level: dict, prefix: str) -> float:
     return max(peaks) / GIB if peaks else 0.0
 
 
-def _fleet_runs(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict, dict]]:
-    """(name, fleet file, run) of every counted fleet measurement (not one instance through
-    nginx, not one measured again)."""
-    return [
-        (name, fleet, run)
-        for name, fleet in fleets
-        for run in fleet["runs"]
-        if run["config"].startswith("fleet of") and "superseded" not in run
-    ]
-
-
-def _first_of_each_api(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
-    """The first fleet file given for each API: its "one instance" goes in the throughput panel."""
-    first: dict[str, tuple[str, dict]] = {}
-    for name, fleet in fleets:
-        first.setdefault(fleet.get("api", "gradio"), (name, fleet))
-    return list(first.values())
+def _counted(fleet: dict, config: str) -> dict | None:
+    """The run's measurement of `config` that counts: the last one not measured again."""
+    kept = [r for r in fleet["runs"] if r["config"] == config and "superseded" not in r]
+    return kept[-1] if kept else None
 
 
 def _one_instance(fleet: dict) -> float:
@@ -50,22 +52,51 @@ def _one_instance(fleet: dict) -> float:
     return fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
 
 
-def _fleet_speed_up(run: dict, single: float) -> float:
+def _speed_up(run: dict, single: float) -> float:
     """Against its instances measured alone just before and after it where the run did that
     (benchmarks/fleet.py), else against the run's one instance."""
     return run.get("vs_alone_around") or run["levels"][0]["rtfx"] / single
 
 
-def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
-    import matplotlib
+def _host(fleet: dict) -> str:
+    gpus = fleet["hardware"]["gpus"]
+    return f"{len(gpus)}× {gpus[0].removeprefix('NVIDIA ')}, {fleet['hardware']['cpus']} CPUs"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def fleet_points(fleets: list[tuple[str, dict]]) -> list[FleetPoint]:
+    """Every fleet that a run measured through nginx, in the order of the files, with the same
+    instances at once without nginx where the run measured them."""
+    points = []
+    for name, fleet in fleets:
+        single = _one_instance(fleet)
+        for n in (2, 4):
+            via = _counted(fleet, f"fleet of {n} via nginx")
+            if via is None:
+                continue
+            direct = _counted(fleet, f"{n} instances at once (direct)")
+            points.append(
+                FleetPoint(
+                    run=name,
+                    host=_host(fleet),
+                    api=fleet.get("api", "gradio"),
+                    instances=n,
+                    via_nginx=_speed_up(via, single),
+                    direct=_speed_up(direct, single) if direct else None,
+                )
+            )
+    return points
+
+
+def _last_of_each_api(fleets: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+    """The last fleet file given for each API: its "one instance" goes in the throughput panel."""
+    last: dict[str, tuple[str, dict]] = {}
+    for name, fleet in fleets:
+        last[fleet.get("api", "gradio")] = (name, fleet)
+    return list(last.values())
+
+
+def _throughput_panel(ax, one: dict, fleets: list[tuple[str, dict]]) -> None:
     t = one["throughput"]
-    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(19, 6.8))
-    gpu = one["hardware"]["gpus"][0]
-
     names, values, colors = [], [], []
     for c in (1, 8, 32):
         names += [f"baseline\nc={c}", f"ours\nc={c}"]
@@ -74,50 +105,99 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
     names += ["ours /v1\nc=32", "limit\n(ASR only)"]
     values += [_level(t["ours_openai_api"])["rtfx"], t["limit"]["rtfx"]]
     colors += ["#17becf", "#2ca02c"]
-    for name, fleet in _first_of_each_api(fleets):
+    for name, fleet in _last_of_each_api(fleets):
         names.append(f"one\ninstance\n{fleet['api']}\n({_wrap(name)})")
         values.append(_one_instance(fleet))
         colors.append("#ff7f0e")
-    ax1.bar(names, values, color=colors)
-    ax1.set_title(f"One {gpu}: audio seconds per wall second")
-    ax1.set_ylabel("× real time")
-    ax1.tick_params(axis="x", labelsize=7)
-    for i, v in enumerate(values):
-        ax1.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
-
-    labels = [
-        "ours / baseline\nc=32 (Gradio)",
-        "ours / baseline\nc=32 (/v1)",
-        "ours / limit\n(Gradio)",
-        "ours / limit\n(/v1)",
-    ]
-    base32 = _level(t["baseline"], 32)["rtfx"]
-    speed = [
-        _level(t["ours"], 32)["rtfx"] / base32,
-        _level(t["ours_openai_api"])["rtfx"] / base32,
-        _level(t["ours"], 32)["rtfx"] / t["limit"]["rtfx"],
-        _level(t["ours_openai_api"])["rtfx"] / t["limit"]["rtfx"],
-    ]
-    targets = [8, 8, 0.6, 0.6]
-    for name, fleet, run in _fleet_runs(fleets):
-        labels.append(f"{run['instances']} / 1, {name} ({fleet['api']})")
-        speed.append(_fleet_speed_up(run, _one_instance(fleet)))
-        targets.append(3.7 if run["instances"] == 4 else 1.9)
-    bars = ax2.bar(
-        labels, speed, color=["#1f77b4", "#17becf", "#1f77b4", "#17becf"] + ["#ff7f0e"] * (len(labels) - 4)
+    ax.bar(names, values, color=colors)
+    ax.set_title(
+        f"One GPU: audio seconds per wall second\n(blue, green: one GPU of {_host(one)}; orange: fleet runs)"
     )
-    for bar, target, value in zip(bars, targets, speed, strict=True):
-        x = bar.get_x()
-        ax2.hlines(target, x, x + bar.get_width(), colors="red", linestyles="--")
-        ax2.text(x + bar.get_width() / 2, value, f"{value:.2f}×", ha="center", va="bottom", fontsize=8)
-    ax2.set_yscale("log")
-    ax2.set_title("Speed-up (red: target)")
-    ax2.tick_params(axis="x", labelsize=7)
-    # fleet bars: "N / 1" is the fleet of N against one instance, then the run's file and its API
-    plt.setp(ax2.get_xticklabels(), rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("× real time")
+    ax.tick_params(axis="x", labelsize=7)
+    for i, v in enumerate(values):
+        ax.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
 
-    long = one["long_recording"]
-    mem_names = [
+
+def _one_gpu_speed_up_panel(ax, one: dict) -> None:
+    t = one["throughput"]
+    base32 = _level(t["baseline"], 32)["rtfx"]
+    gradio, v1 = _level(t["ours"], 32)["rtfx"], _level(t["ours_openai_api"])["rtfx"]
+    labels = ["vs baseline\n(Gradio)", "vs baseline\n(/v1)", "vs limit\n(Gradio)", "vs limit\n(/v1)"]
+    speed = [gradio / base32, v1 / base32, gradio / t["limit"]["rtfx"], v1 / t["limit"]["rtfx"]]
+    bars = ax.bar(labels, speed, color=["#1f77b4", "#17becf"] * 2)
+    for bar, target, value in zip(bars, [8, 8, 0.6, 0.6], speed, strict=True):
+        x = bar.get_x()
+        ax.hlines(target, x, x + bar.get_width(), colors="red", linestyles="--")
+        ax.text(x + bar.get_width() / 2, value, f"{value:.2f}×", ha="center", va="bottom", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_title("One GPU, c=32: speed-up\n(red: target)")
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def host_colors(points: list[FleetPoint]) -> dict[str, str]:
+    """One colour per host, the same in every panel."""
+    hosts = sorted({p.host for p in points})
+    palette = ["#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+    return {host: palette[i % len(palette)] for i, host in enumerate(hosts)}
+
+
+def _fleet_panel(ax, points: list[FleetPoint], instances: int, colors: dict[str, str]) -> None:
+    """A fleet's speed-up over one instance, run by run: how far it scatters around its target."""
+    mine = [p for p in points if p.instances == instances]
+    hosts = sorted({p.host for p in mine})
+    for x, p in enumerate(mine):
+        color = colors[p.host]
+        ax.plot(x, p.via_nginx, "o", color=color, markersize=7)
+        if p.direct is not None:
+            ax.plot(x, p.direct, "o", markerfacecolor="none", markeredgecolor=color, markersize=7)
+        ax.annotate(
+            f"{p.via_nginx:.2f}",
+            (x, p.via_nginx),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=6,
+        )
+    ax.axhline(TARGETS[instances], color="red", linestyle="--", linewidth=1)
+    ax.set_xticks(
+        range(len(mine)),
+        [f"{p.run} ({p.api})" for p in mine],
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=7,
+    )
+    ax.set_xlim(-0.7, max(len(mine), 1) - 0.3)
+    handles = [ax.plot([], [], "o", color=colors[h], label=f"through nginx, {h}")[0] for h in hosts]
+    handles.append(
+        ax.plot(
+            [],
+            [],
+            "o",
+            markerfacecolor="none",
+            markeredgecolor="#555555",
+            label="the same instances at once, without nginx",
+        )[0]
+    )
+    handles.append(
+        ax.axhline(
+            TARGETS[instances],
+            color="red",
+            linestyle="--",
+            linewidth=1,
+            label=f"target {TARGETS[instances]}×",
+        )
+    )
+    ax.legend(handles=handles, fontsize=7, loc="lower left")
+    ax.set_ylabel("× one instance (its instances alone around it)")
+    ax.set_title(f"Fleet of {instances} against one instance, run by run (oldest left)")
+    ax.grid(axis="y", alpha=0.3)
+
+
+def _memory_panel(ax, one: dict) -> None:
+    t, long = one["throughput"], one["long_recording"]
+    names = [
         "baseline\n(per request)",
         "ours, throughput\nrun",
         "ours, 3 h\nrecording (fp16)",
@@ -129,21 +209,36 @@ def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
         _instance_peak(long["levels"][0], "asr-long"),
         5.44,
     ]
-    ax3.bar(mem_names, mem, color=["#999999", "#1f77b4", "#1f77b4", "#d62728"])
-    ax3.axhline(4 * 10**9 / GIB, color="red", linestyle="--", label="4 GB target (3 h)")
+    ax.bar(names, mem, color=["#999999", "#1f77b4", "#1f77b4", "#d62728"])
+    ax.axhline(4 * 10**9 / GIB, color="red", linestyle="--", label="4 GB target (3 h)")
     for i, v in enumerate(mem):
-        ax3.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    ax3.set_ylabel("peak GPU memory per process, GiB (NVML)")
-    ax3.set_title("GPU memory")
-    ax3.legend(fontsize=8)
-    ax3.tick_params(axis="x", labelsize=8)
+        ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("peak GPU memory per process, GiB (NVML)")
+    ax.set_title("GPU memory")
+    ax.legend(fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+
+
+def figure(one: dict, fleets: list[tuple[str, dict]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(20, 12))
+    grid = fig.add_gridspec(2, 6, height_ratios=[1, 1.15])
+    _throughput_panel(fig.add_subplot(grid[0, 0:3]), one, fleets)
+    _one_gpu_speed_up_panel(fig.add_subplot(grid[0, 3]), one)
+    _memory_panel(fig.add_subplot(grid[0, 4:6]), one)
+    points = fleet_points(fleets)
+    colors = host_colors(points)
+    _fleet_panel(fig.add_subplot(grid[1, 0:4]), points, 2, colors)
+    _fleet_panel(fig.add_subplot(grid[1, 4:6]), points, 4, colors)
     fig.suptitle(
-        "Paraformer-large (real sizes, random weights) + fsmn-vad, fp16, no punctuation; "
-        f"{len(one['hardware']['gpus'])}× {gpu}, {one['hardware']['cpus']} CPUs",
-        fontsize=10,
+        "Paraformer-large (real sizes, random weights) + fsmn-vad, fp16, no punctuation", fontsize=11
     )
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=100)
 
 
 def _wrap(name: str, width: int = 8) -> str:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -311,6 +312,53 @@ def test_plot_labels_break_long_run_names_after_underscores():
     assert _wrap("x2_v1") == "x2_v1"
     assert _wrap("fleet.json") == "fleet.json"  # one word stays whole
     assert all(len(line) <= 8 for line in _wrap("x4_gradio_s11_second_run").split("\n"))
+
+
+def _fleet_file(*runs: dict, one: float = 100.0, gpus: int = 2) -> dict:
+    return {
+        "api": "openai",
+        "hardware": {"gpus": ["NVIDIA H200"] * gpus, "cpus": 16 * gpus},
+        "one_instance_rtfx": one,
+        "runs": list(runs),
+    }
+
+
+def _measured(config: str, rtfx: float, **extra) -> dict:
+    return {"config": config, "levels": [{"rtfx": rtfx}], **extra}
+
+
+def test_plot_takes_each_fleets_counted_measurement_through_nginx_and_without():
+    from benchmarks.plot import FleetPoint, fleet_points
+
+    steal = "the hypervisor took 5% of the host's CPU time: measured again"
+    run = _fleet_file(
+        _measured("instance 0 alone (direct)", 100.0),
+        _measured("fleet of 2 via nginx", 150.0, superseded=steal, vs_alone_around=1.5),
+        _measured("fleet of 2 via nginx", 190.0, vs_alone_around=1.94),
+        _measured("2 instances at once (direct)", 180.0, vs_alone_around=1.87),
+        _measured("1 instance via nginx", 99.0),
+    )
+    older = _fleet_file(  # before the instances at once without nginx, and before "alone around"
+        _measured("fleet of 4 via nginx", 360.0),
+        _measured("fleet of 2 via nginx", 185.0),
+        one=95.0,
+        gpus=4,
+    )
+    assert fleet_points([("new", run), ("old", older)]) == [
+        FleetPoint("new", "2× H200, 32 CPUs", "openai", 2, via_nginx=1.94, direct=1.87),
+        FleetPoint("old", "4× H200, 64 CPUs", "openai", 2, via_nginx=185.0 / 95.0, direct=None),
+        FleetPoint("old", "4× H200, 64 CPUs", "openai", 4, via_nginx=360.0 / 95.0, direct=None),
+    ]
+
+
+def test_plot_draws_the_committed_results(tmp_path):
+    from benchmarks.plot import main
+
+    results = Path(__file__).parents[2] / "benchmarks" / "results"
+    out = tmp_path / "plot.png"
+    files = ["fleet_x4_v1_s14.json", "fleet_x2_v1_s22_default3.json"]
+    assert main([str(results / "one_gpu.json"), *(str(results / f) for f in files), "--out", str(out)]) == 0
+    assert out.read_bytes().startswith(b"\x89PNG") and out.stat().st_size > 50_000
 
 
 def test_pinned_counters_run_where_they_are_put():
