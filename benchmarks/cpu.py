@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from asrfleet.config import InstanceConfig, option_value
 from asrfleet.cpus import format_cpu_list
 from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
+
+T = TypeVar("T")
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -91,11 +95,22 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
         elif cmdline == PROCESS_NAME:
             roles[pid] = "vad scorer"
     below = {"web": "engine", "engine": "workers"}
-    for _ in range(2):  # engines are children of web servers, workers of engines
+    return _spread_down(procs, roles, below.get)
+
+
+def _spread_down(
+    procs: dict[int, tuple[int, str, float]], marks: dict[int, T], mark_child: Callable[[T], T | None]
+) -> dict[int, T]:
+    """`marks` and what each marked process's children get from it (`mark_child`; None: nothing),
+    two generations down: engines are children of web servers, workers of engines."""
+    marks = dict(marks)
+    for _ in range(2):
         for pid, (parent, _, _) in procs.items():
-            if pid not in roles and roles.get(parent) in below:
-                roles[pid] = below[roles[parent]]
-    return roles
+            if pid not in marks and parent in marks:
+                child = mark_child(marks[parent])
+                if child is not None:
+                    marks[pid] = child
+    return marks
 
 
 def placements() -> dict[str, str]:
@@ -104,11 +119,9 @@ def placements() -> dict[str, str]:
     thus shows whether the launcher's CPU blocks took effect."""
     procs = _processes()
     roles = _roles(procs)
-    instance_of: dict[int, int] = {pid: pid for pid, role in roles.items() if role == "web"}
-    for _ in range(2):  # engines are children of web servers, workers of engines
-        for pid, (parent, _, _) in procs.items():
-            if pid in roles and pid not in instance_of and parent in instance_of:
-                instance_of[pid] = instance_of[parent]
+    webs = {pid: pid for pid, role in roles.items() if role == "web"}
+    ours = {pid: proc for pid, proc in procs.items() if pid in roles}
+    instance_of = _spread_down(ours, webs, lambda web: web)
     cpus: dict[int, set[int]] = {}
     for pid, web in instance_of.items():
         cpus.setdefault(web, set()).update(_allowed_cpus(pid))
