@@ -105,20 +105,23 @@ def split_cores(cores: list[Core], shares: int) -> list[frozenset[int]] | None:
     return blocks
 
 
-def pin_process(cpus: frozenset[int]) -> None:
-    """Run this process, and every process and thread it starts from now on, on these CPUs.
-
-    ValueError naming the CPUs when some are not this process's to use (another cgroup, or a
-    smaller machine than the launcher planned for).
-    """
+def check_available(cpus: frozenset[int], option: str = "--cpus") -> None:
+    """ValueError naming the CPUs, and `option`, when some are not this process's to use (another
+    cgroup, or a smaller machine than the launcher planned for)."""
     available = os.sched_getaffinity(0)
     missing = cpus - available
     if missing:
         verb = "is" if len(missing) == 1 else "are"
         raise ValueError(
-            f"--cpus {format_cpu_list(cpus)}: CPU {format_cpu_list(missing)} {verb} not available here "
+            f"{option} {format_cpu_list(cpus)}: CPU {format_cpu_list(missing)} {verb} not available here "
             f"(available: {format_cpu_list(available)})"
         )
+
+
+def pin_process(cpus: frozenset[int]) -> None:
+    """Run this process, and every process and thread it starts from now on, on these CPUs
+    (`check_available` first)."""
+    check_available(cpus)
     for thread in _threads():  # a thread's affinity is its own: set every one that already runs
         os.sched_setaffinity(thread, cpus)
 

@@ -50,6 +50,7 @@ import sys
 from pathlib import Path
 
 from asrfleet.config import VAD_SCORES, InstanceConfig
+from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list
 from benchmarks import cpu, load
 from benchmarks.one_gpu import build_model, load_stats
 from benchmarks.servers import exit_on_sigterm
@@ -275,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the launcher's --nginx-cores: the host's last N cores for nginx alone (default: 0)",
     )
     p.add_argument(
+        "--client-cpus",
+        type=parse_cpu_list,
+        default=None,
+        help="the CPUs that the load generator's processes measure from, like 30-31 (default: any); the "
+        "fleet is not confined by it",
+    )
+    p.add_argument(
         "--warm-up",
         type=int,
         default=40,
@@ -292,6 +300,11 @@ def main(argv: list[str] | None = None) -> int:
             "--procs must be a multiple of --gpus (and of 2 from 4 GPUs), so that the measurements "
             "without nginx give every instance as many client processes"
         )
+    if args.client_cpus:
+        try:
+            check_available(args.client_cpus, "--client-cpus")
+        except ValueError as err:
+            p.error(str(err))
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model = build_model(args.work, args.size)
@@ -334,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         "instance_options": args.instance_option,
         "pin_cpus": not args.no_pin_cpus,
         "nginx_cores": args.nginx_cores,
+        "client_cpus": format_cpu_list(args.client_cpus) if args.client_cpus else "any",
         "runs": [],
     }
 
@@ -361,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         def started() -> None:  # as the clients start, after their processes have imported
             start["stats"], start["cpu"] = instance_stats(members), cpu.snapshot()
 
-        measured = load.run(url, workload, [users], api=args.api, procs=args.procs, on_start=started)
+        measured = load.run(
+            url, workload, [users], api=args.api, procs=args.procs, on_start=started, cpus=args.client_cpus
+        )
         cpu_after = cpu.snapshot()
         before, cpu_before = start["stats"], start["cpu"]
         cpu_used = cpu.used(cpu_before, cpu_after)

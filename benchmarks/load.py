@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import platform
 import ssl
 import statistics
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list, pin_process
 from benchmarks.gradio_protocol import GradioEvent, file_form, new_session
 from benchmarks.workload import Recording, collect, total_s
 
@@ -37,6 +39,16 @@ class Sample:
     duration_s: float
     latency_s: float
     error: str | None = None
+
+
+@dataclass
+class LevelRun:
+    """What one concurrency level's client processes measured (`run_level`)."""
+
+    samples: list[Sample]
+    wall_s: float
+    client_cpu_s: float  # the clients' CPU from their start to their end, without their imports
+    client_cpus: frozenset[int]  # the CPUs that the clients were allowed to run on, as they reported it
 
 
 # -- one process of virtual users ----------------------------------------------------------------
@@ -83,12 +95,14 @@ async def _run_users(
     return samples
 
 
-def _process_main(url, api, recordings, users, timeout, ready, go, out_queue) -> None:
+def _process_main(url, api, recordings, users, timeout, cpus, ready, go, out_queue) -> None:
+    if cpus:
+        pin_process(cpus)
     ready.wait()  # every process has imported
     go.wait()  # and the caller has read its counters: every process starts together
     cpu = time.process_time()
     samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
-    out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu))
+    out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu, os.sched_getaffinity(0)))
 
 
 def run_level(
@@ -99,9 +113,10 @@ def run_level(
     procs: int,
     timeout: float,
     on_start: Callable[[], None] | None = None,
-) -> tuple[list[Sample], float, float]:
-    """One concurrency level, its users spread over `procs` processes; (samples, wall seconds,
-    the client processes' CPU seconds from their start to their end, without their imports).
+    cpus: frozenset[int] | None = None,
+) -> LevelRun:
+    """One concurrency level, its users spread over `procs` processes, on `cpus` where given (to
+    keep the load generator off what it measures; default: wherever this process may run).
 
     The clock starts when every process has started and imported (a barrier), not after a fixed
     delay: on a busy host the imports of 16 processes can take seconds, and a process still
@@ -112,6 +127,8 @@ def run_level(
     Several URLs: process p sends to urls[p % len(urls)], so with `procs` a multiple of their
     number every URL gets the same users (the fleet benchmark's instances without nginx)."""
     urls = _as_list(url)
+    if cpus:
+        check_available(cpus, "the load generator's CPUs")  # here, not in every client as it dies
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -123,7 +140,7 @@ def run_level(
         users = concurrency // procs + (1 if p < concurrency % procs else 0)
         target = urls[p % len(urls)]
         workers.append(
-            ctx.Process(target=_process_main, args=(target, api, share, users, timeout, ready, go, out))
+            ctx.Process(target=_process_main, args=(target, api, share, users, timeout, cpus, ready, go, out))
         )
     for w in workers:
         w.start()
@@ -140,14 +157,16 @@ def run_level(
     go.set()
     samples: list[Sample] = []
     client_cpu = 0.0
+    client_cpus: set[int] = set()
     for _ in workers:
-        done, cpu = out.get()
+        done, cpu, allowed = out.get()
         samples += [Sample(**s) for s in done]
         client_cpu += cpu
+        client_cpus |= allowed
     wall = time.perf_counter() - started
     for w in workers:
         w.join()
-    return samples, wall, client_cpu
+    return LevelRun(samples, wall, client_cpu, frozenset(client_cpus))
 
 
 def _as_list(url: str | list[str]) -> list[str]:
@@ -276,14 +295,17 @@ def run(
     timeout: float = 3600.0,
     label: str = "",
     on_start: Callable[[], None] | None = None,
+    cpus: frozenset[int] | None = None,
 ) -> dict:
-    """Every level in turn; `on_start` is called as each level's clients start (see run_level)."""
+    """Every level in turn; `on_start` is called as each level's clients start, `cpus` are the
+    clients' CPUs (see run_level)."""
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
-            samples, wall, client_cpu = run_level(url, api, recordings, concurrency, procs, timeout, on_start)
-        level = summarize(samples, wall, concurrency, gpu.by_process())
-        level["client_cpu_s"] = round(client_cpu, 2)
+            measured = run_level(url, api, recordings, concurrency, procs, timeout, on_start, cpus)
+        level = summarize(measured.samples, measured.wall_s, concurrency, gpu.by_process())
+        level["client_cpu_s"] = round(measured.client_cpu_s, 2)
+        level["client_cpus"] = format_cpu_list(measured.client_cpus)
         print(
             f"{label or ' '.join(_as_list(url))} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
             f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
@@ -310,13 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--api", choices=("gradio", "openai"), default="gradio")
     p.add_argument("--procs", type=int, default=1, help="client processes (for hundreds of users)")
+    p.add_argument(
+        "--cpus",
+        type=parse_cpu_list,
+        default=None,
+        help="the CPUs the client processes run on, like 0-3 (default: any this one may use)",
+    )
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     recordings = collect(args.audio, args.limit) * args.repeat
     levels = [int(c) for c in args.concurrency.split(",")]
     print(f"{len(recordings)} recordings, {total_s(recordings):.0f} s of audio; {hardware()}", flush=True)
-    result = {"hardware": hardware(), **run(args.url, recordings, levels, args.api, args.procs, args.timeout)}
+    measured = run(args.url, recordings, levels, args.api, args.procs, args.timeout, cpus=args.cpus)
+    result = {"hardware": hardware(), **measured}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
     return 0 if all(level["errors"] == 0 for level in result["levels"]) else 1

@@ -273,7 +273,7 @@ def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
     started: list[float] = []
     called = time.perf_counter()
     with transcription_server() as (url, arrivals):
-        samples, wall, client_cpu = load.run_level(
+        measured = load.run_level(
             url,
             "openai",
             [Recording(audio, 1.0)] * 6,
@@ -282,6 +282,7 @@ def test_the_clock_starts_once_every_client_process_is_ready(tmp_path):
             timeout=30,
             on_start=lambda: (time.sleep(0.3), started.append(time.perf_counter())),
         )
+    samples, wall, client_cpu = measured.samples, measured.wall_s, measured.client_cpu_s
     assert len(started) == 1 and len(samples) == 6 and not [s for s in samples if s.error]
     assert min(arrivals) >= started[0]
     assert 0 < wall <= time.perf_counter() - started[0]
@@ -298,11 +299,34 @@ def test_clients_split_evenly_over_several_urls(tmp_path):
     audio = tmp_path / "a.wav"
     audio.write_bytes(b"RIFF")
     with transcription_server() as (first, to_first), transcription_server() as (second, to_second):
-        samples, _, _ = load.run_level(
+        samples = load.run_level(
             [first, second], "openai", [Recording(audio, 1.0)] * 8, concurrency=4, procs=4, timeout=30
-        )
+        ).samples
     assert len(samples) == 8 and not [s for s in samples if s.error]
     assert len(to_first) == len(to_second) == 4
+
+
+def test_the_load_generator_runs_on_the_cpus_it_is_given(tmp_path):
+    from benchmarks import load
+    from benchmarks.workload import Recording
+
+    audio = tmp_path / "a.wav"
+    audio.write_bytes(b"RIFF")
+    allowed = frozenset(os.sched_getaffinity(0))
+    one = frozenset([max(allowed)])
+    with transcription_server() as (url, _):
+        anywhere = load.run_level(url, "openai", [Recording(audio, 1.0)] * 2, 2, procs=2, timeout=30)
+        kept = load.run_level(url, "openai", [Recording(audio, 1.0)] * 2, 2, procs=2, timeout=30, cpus=one)
+    assert anywhere.client_cpus == allowed  # as reported by the client processes themselves
+    assert kept.client_cpus == one and not [s for s in kept.samples if s.error]
+
+
+def test_the_load_generator_refuses_cpus_it_cannot_have_before_starting_a_client():
+    from benchmarks import load
+
+    beyond = frozenset([max(os.sched_getaffinity(0)) + 1])
+    with pytest.raises(ValueError, match="the load generator's CPUs .*not available here"):
+        load.run_level("http://127.0.0.1:9", "openai", [], 1, procs=1, timeout=1, cpus=beyond)
 
 
 def test_plot_labels_break_long_run_names_after_underscores():
