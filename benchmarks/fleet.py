@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,17 +66,6 @@ def launcher(*args: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"launcher {args[:1]} exited {result.returncode}")
     return result.stdout
-
-
-def confine_clients(count: int) -> str:
-    """Pin this process, and the client processes it starts from now on, to the last CPUs.
-
-    The fleet was started before, so it keeps all CPUs: the clients' own CPU use (on a real
-    deployment, other machines') stays off most of the cores that serve the fleet.
-    """
-    cpus = sorted(os.sched_getaffinity(0))[-count:]
-    os.sched_setaffinity(0, cpus)
-    return f"load generator on CPUs {cpus[0]}-{cpus[-1]} of {os.cpu_count()}; the fleet on all"
 
 
 def instance_url(i: int) -> str:
@@ -240,12 +228,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
     p.add_argument(
-        "--client-cpus",
-        type=int,
-        default=0,
-        help="run the load generator on the host's last N CPUs only (0: anywhere)",
-    )
-    p.add_argument(
         "--max-steal",
         type=float,
         default=0.01,
@@ -407,8 +389,6 @@ def main(argv: list[str] | None = None) -> int:
         result["launcher_output"] = launcher("--instances", str(args.gpus), *common)
         result["instance_cpus"] = cpu.placements()
         print(f"CPUs of the instances and nginx's workers: {result['instance_cpus']}", flush=True)
-        if args.client_cpus:
-            result["client_cpus"] = confine_clients(args.client_cpus)
         result["warm_up_graphs"] = warm_up(
             everyone, NGINX_URL, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
         )
