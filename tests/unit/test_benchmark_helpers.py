@@ -402,3 +402,37 @@ def test_a_measurements_warm_up_sends_so_many_requests_a_client_from_its_own_wor
     assert warm_up_set(workload, users=2, per_client=2) == ["a", "b", "c", "a"]
     # more than the workload holds: all of it, once
     assert warm_up_set(workload, users=2, per_client=40) == recordings * 2
+
+
+@pytest.mark.parametrize(
+    "module", ["baseline_app", "fleet", "host_cpus", "load", "one_gpu", "plot", "recognizer"]
+)
+def test_every_benchmark_s_command_line_builds(module, capsys):
+    """Each command line is built only when run on a GPU host: build it here, where a clash of two
+    options would otherwise first show there."""
+    import importlib
+
+    with pytest.raises(SystemExit) as exited:
+        importlib.import_module(f"benchmarks.{module}").main(["--help"])
+    assert exited.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_the_fleet_benchmark_refuses_client_cpus_it_cannot_have_before_building_anything(tmp_path, capsys):
+    from benchmarks import fleet
+
+    beyond = str(max(os.sched_getaffinity(0)) + 1)
+    argv = [
+        "--audio",
+        str(tmp_path),
+        "--vad-model",
+        str(tmp_path),
+        "--gpus",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    with pytest.raises(SystemExit) as exited:
+        fleet.main([*argv, "--procs", "2", "--client-cpus", beyond, "--work", str(tmp_path / "work")])
+    assert exited.value.code == 2
+    assert f"--client-cpus {beyond}: CPU {beyond} is not available here" in capsys.readouterr().err
+    assert not (tmp_path / "work").exists()  # no model was built
