@@ -7,7 +7,8 @@ instances that split its cores by their thread counts.
 
 The blocks come from the CPUs nearest each GPU where NVML names them (`Gpu.cpus`: its socket's, on a
 host of several sockets): the GPUs that share a near set split the cores inside it, so that no
-instance reaches its GPU across the socket link. Where the near sets tell nothing (unknown, every GPU
+instance reaches its GPU across the socket link (a single GPU's instance too, which otherwise has
+the host to itself). Where the near sets tell nothing (unknown, every GPU
 near every CPU as in a VM, or sets that overlap) or a set holds fewer cores than its GPU slots, every
 core is split over the slots in GPU order.
 """
@@ -157,12 +158,15 @@ def _cpu_shares(
     every CPU. Per slot, not per instance, so that growing or shrinking a fleet leaves the
     instances that stay as they are (a changed command line would restart them)."""
     slots = len(gpus) * opts.per_gpu
-    # One slot has the host to itself, unless some cores are kept for nginx.
-    if not opts.pin_cpus or (slots == 1 and not opts.nginx_cores):
+    if not opts.pin_cpus:
         return None, []
     near, warnings = _near_shares(gpus, cores, opts.per_gpu)
     if near is not None:
         return near, []
+    # One slot has the host to itself where nothing keeps it to a socket, unless some cores are
+    # kept for nginx.
+    if slots == 1 and not opts.nginx_cores:
+        return None, warnings
     shares = split_cores(cores, slots)
     if shares is None:
         warnings.append(f"{slots} GPU slots but {len(cores)} CPU cores: the instances share every CPU")
@@ -187,13 +191,21 @@ def _near_shares(
         blocks = split_cores(own, len(slots))
         if blocks is None:
             named = ",".join(str(gpus[position].index) for position in positions)
+            fallback = (
+                "it runs on every core"
+                if len(gpus) * per_gpu == 1
+                else "the blocks are cut from every core, whichever socket it is on"
+            )
             return None, [
-                f"{len(slots)} GPU slots on GPU {named} but {len(own)} CPU cores near "
-                f"{'it' if len(positions) == 1 else 'them'} ({format_cpu_list(near)}): the blocks are "
-                "cut from every core, whichever socket it is on"
+                f"{_count(len(slots), 'GPU slot')} on GPU {named} but {_count(len(own), 'CPU core')} "
+                f"near {'it' if len(positions) == 1 else 'them'} ({format_cpu_list(near)}): {fallback}"
             ]
         shares.update(zip(slots, blocks, strict=True))  # a card's slots: neighbouring blocks
     return [shares[slot] for slot in range(len(gpus) * per_gpu)], []
+
+
+def _count(n: int, thing: str) -> str:
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _near_groups(gpus: list[Gpu], cores: list[Core]) -> dict[frozenset[int], list[int]] | None:

@@ -159,6 +159,23 @@ def test_one_gpu_needs_no_pinning():
     assert p.configs[0].cpus == "" and p.warnings == ()
 
 
+def test_one_gpu_runs_on_its_sockets_cores():
+    p = plan(gpus=pick(EIGHT, [4]), cores=TWO_SOCKETS)
+    assert blocks(p) == [("4", "16-31,48-63")] and p.warnings == ()
+    assert plan(gpus=pick(EIGHT, [4]), cores=TWO_SOCKETS, pin_cpus=False).configs[0].cpus == ""
+
+
+def test_one_gpu_near_every_cpu_has_the_host_to_itself():
+    vm = eight_gpus([frozenset(range(64))] * 8)
+    assert plan(gpus=vm[:1], cores=TWO_SOCKETS).configs[0].cpus == ""
+
+
+def test_one_gpu_whose_socket_the_launcher_may_not_use_runs_where_it_may_with_a_warning():
+    p = plan(gpus=pick(EIGHT, [4]), cores=TWO_SOCKETS[:16])  # under `taskset -c 0-15,32-47`
+    assert p.configs[0].cpus == ""
+    assert p.warnings == ("1 GPU slot on GPU 4 but 0 CPU cores near it (16-31,48-63): it runs on every core",)
+
+
 def test_fewer_cores_than_gpu_slots_shares_every_cpu_with_a_warning():
     p = plan(cpus=3)
     assert all(c.cpus == "" for c in p.configs)
