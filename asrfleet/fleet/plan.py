@@ -184,6 +184,7 @@ def _near_shares(
     groups = _near_groups(gpus, cores)
     if groups is None:
         return None, []
+    total = len(gpus) * per_gpu
     shares: dict[int, frozenset[int]] = {}
     for near, positions in groups.items():
         own = [core for core in cores if near.issuperset(core)]  # whole cores only
@@ -193,7 +194,7 @@ def _near_shares(
             named = ",".join(str(gpus[position].index) for position in positions)
             fallback = (
                 "it runs on every core"
-                if len(gpus) * per_gpu == 1
+                if total == 1
                 else "the blocks are cut from every core, whichever socket it is on"
             )
             return None, [
@@ -201,7 +202,7 @@ def _near_shares(
                 f"near {'it' if len(positions) == 1 else 'them'} ({format_cpu_list(near)}): {fallback}"
             ]
         shares.update(zip(slots, blocks, strict=True))  # a card's slots: neighbouring blocks
-    return [shares[slot] for slot in range(len(gpus) * per_gpu)], []
+    return [shares[slot] for slot in range(total)], []
 
 
 def _count(n: int, thing: str) -> str:
