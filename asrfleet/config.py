@@ -53,6 +53,7 @@ class InstanceConfig:
     max_queue: int = 256
     workers: int = 0
     worker_threads: int = 1  # torch CPU threads in each audio worker (its filterbank, the VAD network)
+    engine_cores: int = 2  # the instance's first cores, which its audio workers leave free
     threads: int = 0
     in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
     cpus: str = ""  # a CPU list ("0-15") this instance and its processes run on; "" = wherever allowed
@@ -67,6 +68,8 @@ class InstanceConfig:
         for field in ("port", "batch_size_s", "max_file_size", "max_queue", "worker_threads"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
+        if self.engine_cores < 0:
+            raise ValueError("engine_cores must be 0 or more")
         if self.max_duration_s <= 0:
             raise ValueError("max_duration_s must be positive")
         if self.gpu_wait not in GPU_WAITS:
@@ -80,8 +83,14 @@ class InstanceConfig:
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> InstanceConfig:
-        args = build_parser().parse_args(argv)
-        return cls.from_namespace(args)
+        """The config of a command line; a value out of range exits 2 with the reason, as argparse
+        does for the options it checks itself (not a traceback)."""
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        try:
+            return cls.from_namespace(args)
+        except ValueError as err:
+            parser.error(str(err))
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> InstanceConfig:
@@ -109,6 +118,7 @@ class InstanceConfig:
             max_queue=args.max_queue,
             workers=args.workers,
             worker_threads=args.worker_threads,
+            engine_cores=args.engine_cores,
             threads=args.threads,
             in_process=args.in_process,
             cpus=args.cpus,
@@ -253,6 +263,14 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         default=d.worker_threads,
         help="torch CPU threads in each audio process; on the 4x H200 host 2 doubled their CPU a request "
         "and slowed a fleet of 4 by half (benchmarks/results/README.md, session 14)",
+    )
+    g.add_argument(
+        "--engine-cores",
+        type=int,
+        default=d.engine_cores,
+        help="whole cores, the first of the instance's CPUs, that its audio workers leave to the web "
+        "server and the engine, so that these need not wait behind decoding for a CPU (paraformer; "
+        "0: none; kept only where at least 4 cores remain for the workers)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

@@ -105,6 +105,21 @@ def split_cores(cores: list[Core], shares: int) -> list[frozenset[int]] | None:
     return blocks
 
 
+def without_first_cores(
+    allowed: frozenset[int], count: int, min_left: int = 4, sysfs: Path = SYSFS_CPUS
+) -> frozenset[int]:
+    """`allowed` less the CPUs of its first `count` whole cores; all of `allowed` where that would
+    leave fewer than `min_left` cores.
+
+    An instance's audio workers run on what this leaves, so that the engine's GPU thread and the
+    web server, which every prepared request waits for, find a free core the moment they wake.
+    """
+    cores = read_cores(set(allowed), sysfs)
+    if count < 1 or len(cores) - count < min_left:
+        return allowed
+    return frozenset(cpu for core in cores[count:] for cpu in core)
+
+
 def check_available(cpus: frozenset[int], option: str = "--cpus") -> None:
     """ValueError naming the CPUs, and `option`, when some are not this process's to use (another
     cgroup, or a smaller machine than the launcher planned for)."""

@@ -115,17 +115,28 @@ def _spread_down(
 
 def placements() -> dict[str, str]:
     """Each instance's CPUs, by its web server's command line: the CPUs that any thread of the web
-    server, its engine or its audio workers may run on; and those of nginx's workers. A result
-    thus shows whether the launcher's CPU blocks took effect."""
+    server, its engine or its audio workers may run on, and its audio workers' where they are
+    fewer; and those of nginx's workers. A result thus shows whether the launcher's CPU blocks
+    took effect."""
     procs = _processes()
     roles = _roles(procs)
     webs = {pid: pid for pid, role in roles.items() if role == "web"}
     ours = {pid: proc for pid, proc in procs.items() if pid in roles}
     instance_of = _spread_down(ours, webs, lambda web: web)
     cpus: dict[int, set[int]] = {}
+    workers: dict[int, set[int]] = {}
     for pid, web in instance_of.items():
-        cpus.setdefault(web, set()).update(_allowed_cpus(pid))
-    found = {instance_port(procs[web][1]): format_cpu_list(cpus[web]) for web in sorted(cpus) if cpus[web]}
+        allowed = _allowed_cpus(pid)
+        cpus.setdefault(web, set()).update(allowed)
+        if roles[pid] == "workers":
+            workers.setdefault(web, set()).update(allowed)
+    found: dict[str, str] = {}
+    for web in sorted(cpus):
+        port = instance_port(procs[web][1])
+        if cpus[web]:
+            found[port] = format_cpu_list(cpus[web])
+        if workers.get(web) and workers[web] != cpus[web]:  # the instance's --engine-cores
+            found[f"{port} audio workers"] = format_cpu_list(workers[web])
     # nginx's workers only: its master stays wherever it was started (the launcher's --nginx-cores).
     nginx = [
         pid for pid, role in roles.items() if role == "nginx" and procs[pid][1].startswith("nginx: worker")

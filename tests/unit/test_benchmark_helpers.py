@@ -90,19 +90,25 @@ def test_an_instance_s_port_comes_from_its_command_line_or_is_the_default():
 
 
 # A stand-in for an instance: its command line reads "-m instances --port PORT", it runs on CPU 0
-# and starts a child (its "engine") that moves itself to CPU 1; both then wait for stdin to close.
-_FAKE_INSTANCE = """
+# and starts a child (its "engine") that moves itself to CPUs 0-1 and starts a child of its own (an
+# "audio worker") on CPU 1 alone; all then wait for stdin to close.
+_FAKE_CHILD = """
 import os, subprocess, sys
-os.sched_setaffinity(0, {0})
-child = subprocess.Popen([sys.executable, "-c",
-    "import os, sys; os.sched_setaffinity(0, {1}); print('ready', flush=True); sys.stdin.read()"],
-    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-child.stdout.readline()
-print("ready", flush=True)
+os.sched_setaffinity(0, {cpus})
+{start}
+print('ready', flush=True)
 sys.stdin.read()
-child.stdin.close()
-child.wait()
 """
+_START_WORKER = """
+pipe = subprocess.PIPE
+worker = subprocess.Popen([sys.executable, "-c", WORKER], stdin=pipe, stdout=pipe, text=True)
+worker.stdout.readline()
+"""
+_FAKE_WORKER = _FAKE_CHILD.format(cpus="{1}", start="")
+_FAKE_ENGINE = f"WORKER = {_FAKE_WORKER!r}\n" + _FAKE_CHILD.format(cpus="{0, 1}", start=_START_WORKER)
+_FAKE_INSTANCE = f"ENGINE = {_FAKE_ENGINE!r}\n" + _FAKE_CHILD.format(
+    cpus="{0}", start=_START_WORKER.replace("WORKER", "ENGINE").replace("worker", "engine")
+)
 
 
 @pytest.mark.skipif(
@@ -114,7 +120,9 @@ def test_placements_report_the_cpus_of_an_instance_s_whole_process_tree():
     fake = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert fake.stdout.readline() == "ready\n"
-        assert placements()[f"port {port}"] == "0-1"  # the web server's CPU 0 and its child's CPU 1
+        found = placements()
+        assert found[f"port {port}"] == "0-1"  # the web server's CPU 0, its engine's 0-1
+        assert found[f"port {port} audio workers"] == "1"  # fewer than the instance's: reported
     finally:
         fake.stdin.close()
         fake.wait(timeout=10)

@@ -42,6 +42,19 @@ def test_cif_equals_funasrs(rows, frames, seed):
     assert embeds.abs().sum() > 0  # tokens fired: the comparison is not between two empty tensors
 
 
+@pytest.mark.parametrize("threshold", [1.0, 1.0 - 1e-4])
+def test_cif_equals_funasrs_where_the_sums_reach_the_threshold_exactly(threshold):
+    # Weights in eighths add up to exactly 1.0 again and again: every `>=` decides on equality.
+    rng = np.random.default_rng(9)
+    alphas = torch.from_numpy((rng.integers(0, 6, (10, 80)) / 8).astype(np.float32))
+    hidden = torch.from_numpy(rng.standard_normal((10, 80, 16), dtype=np.float32))
+    embeds, fires = cif.cif(hidden, alphas, threshold)
+    their_embeds, their_fires = bicif.cif(hidden, alphas.clone(), threshold)
+    assert torch.equal(fires, their_fires)
+    assert torch.equal(embeds, their_embeds)
+    assert (fires == 1.0).any()  # the exact case did come
+
+
 def test_cif_with_nothing_fired_gives_zeros_of_the_rounded_length():
     alphas = torch.full((2, 10), 0.06)  # sums to 0.6: rounds to one token, which never fires
     embeds, fires = cif.cif(torch.ones(2, 10, 4), alphas, 1.0)

@@ -28,6 +28,7 @@ def test_argv_round_trip():
         max_duration_s=60.0,
         workers=3,
         worker_threads=2,
+        engine_cores=0,
         threads=2,
         in_process=True,
         temp_dir=Path("/t"),
@@ -47,12 +48,20 @@ def test_whisper_takes_no_vad_or_punc():
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["--port", "0"], ["--max-file-size", "lots"], ["--engine", "kaldi"], ["--worker-threads", "0"]],
+    "argv, reason",
+    [
+        (["--port", "0"], "port must be positive"),
+        (["--max-file-size", "lots"], "lots"),
+        (["--engine", "kaldi"], "invalid choice: 'kaldi'"),
+        (["--worker-threads", "0"], "worker_threads must be positive"),
+        (["--engine-cores", "-1"], "engine_cores must be 0 or more"),
+    ],
 )
-def test_bad_arguments(argv):
-    with pytest.raises((SystemExit, ValueError)):
+def test_bad_arguments_exit_2_with_the_reason(argv, reason, capsys):
+    with pytest.raises(SystemExit) as exited:
         InstanceConfig.from_argv(argv)
+    assert exited.value.code == 2
+    assert reason in capsys.readouterr().err
 
 
 def test_gpu_wait_is_checked():

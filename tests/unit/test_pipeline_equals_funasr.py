@@ -173,6 +173,26 @@ def test_audio_workers_yield_the_cpu_to_the_rest(ours):
     assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == expected for pid in pids)
 
 
+def test_audio_workers_leave_the_engine_cores_free(model_dirs, vad_dir, recordings, monkeypatch):
+    import os
+
+    from asrfleet.cpus import read_cores
+    from asrfleet.engines.funasr import transcriber as module
+
+    cores = read_cores()
+    if len(cores) < 2:
+        pytest.skip("one core: nothing to leave free")
+    monkeypatch.setattr(module, "MIN_WORKER_CORES", 1)  # this machine's few cores
+    transcriber = make(model_dirs, vad_dir, engine_cores=1)
+    try:
+        expected = {cpu for core in cores[1:] for cpu in core}
+        pids = transcriber._pool.pids()
+        assert pids and all(os.sched_getaffinity(pid) == expected for pid in pids)
+        assert transcriber.transcribe(recordings[0], TranscribeOptions()).text  # they still work
+    finally:
+        transcriber.close()
+
+
 def test_without_punctuation(model_dirs, vad_dir, recordings):
     from funasr import AutoModel
 

@@ -24,6 +24,7 @@ from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 
+from asrfleet.cpus import pin_process
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
 from asrfleet.engines.funasr.vad_scorer import ScorerClient
 from asrfleet.engines.funasr.vad_scores import Ask, ScoreError, ScoreRequest, Scores, ScoreServer
@@ -53,8 +54,17 @@ Message = Segmented | Features | Failed | Retrying
 WORKER_NICENESS = 5
 
 
-def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
-    """Entry point of a worker process: load once, then prepare files until told to stop."""
+def _worker_main(
+    settings: PrepareSettings,
+    tasks: mp.Queue,
+    results: mp.Queue,
+    worker_id: int,
+    cpus: frozenset[int] | None = None,
+) -> None:
+    """Entry point of a worker process: load once, then prepare files until told to stop (on
+    `cpus` where given, before its libraries start threads)."""
+    if cpus:
+        pin_process(cpus)
     logging.basicConfig(level=logging.WARNING, format=f"[prepare-{worker_id}] %(levelname)s %(message)s")
     # The parent stops its workers itself, after its own requests; a signal to the whole process
     # group (supervisord's stopasgroup) must not kill them under a request that is finishing.
@@ -138,6 +148,7 @@ class PreparePool:
         workers: int,
         on_message: Callable[[str, Message], None],
         scores: ScoreServer | None = None,
+        cpus: frozenset[int] | None = None,
     ):
         if settings.remote_scores and scores is None and settings.scorer is None:
             raise ValueError("remote VAD scores need a ScoreServer or a scorer process")
@@ -145,6 +156,7 @@ class PreparePool:
         self.on_message = on_message
         self.scores = scores
         self.size = workers
+        self.cpus = cpus  # where the workers run; None: wherever this process may
         self._ctx = mp.get_context("spawn")  # never fork a process that holds CUDA or threads
         self._results: mp.Queue = self._ctx.Queue()
         self._procs: dict[int, mp.process.BaseProcess] = {}
@@ -202,7 +214,7 @@ class PreparePool:
         tasks: mp.Queue = self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, tasks, self._results, worker_id),
+            args=(self.settings, tasks, self._results, worker_id, self.cpus),
             name=f"prepare-{worker_id}",
             daemon=True,
         )

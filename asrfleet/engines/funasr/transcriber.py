@@ -9,6 +9,7 @@ transcript and completes the request's future.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ import numpy as np
 
 from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
+from asrfleet.cpus import format_cpu_list, without_first_cores
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait, set_threads
 from asrfleet.engines.funasr import vad_scores
@@ -37,6 +39,10 @@ from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Transcript
 
 log = logging.getLogger(__name__)
+
+# `--engine-cores` takes cores from the audio workers only where this many remain for them: on a
+# small machine the workers' decoding is what bounds an instance.
+MIN_WORKER_CORES = 4
 
 _LFR_FRAMES_PER_S = 1000 / 60  # Paraformer's encoder frame rate: 10 ms frames, LFR stride 6
 
@@ -167,7 +173,9 @@ class FunasrTranscriber:
             remote_scores=self._scores is not None or self._scorer is not None,
             scorer=self._scorer.address if self._scorer is not None else None,
         )
-        self._pool = PreparePool(settings, self._worker_count(), self._on_message, self._scores)
+        self._pool = PreparePool(
+            settings, self._worker_count(), self._on_message, self._scores, self._worker_cpus()
+        )
         self._pool.wait_ready()
 
     def _start_scoring(self, vad_dir: Path) -> None:
@@ -208,6 +216,17 @@ class FunasrTranscriber:
 
         punc = get(cfg.punc_model, "--punc-model") if cfg.punc_model else None
         return get(cfg.model, "--model"), get(cfg.vad_model, "--vad-model"), punc
+
+    def _worker_cpus(self) -> frozenset[int] | None:
+        """Where the audio workers run: this process's CPUs less the first `--engine-cores` cores,
+        left to the engine's threads and the web server; None: all of them."""
+        allowed = frozenset(os.sched_getaffinity(0))
+        cpus = without_first_cores(allowed, self.config.engine_cores, min_left=MIN_WORKER_CORES)
+        if cpus == allowed:
+            return None
+        kept, left = format_cpu_list(cpus), format_cpu_list(allowed - cpus)
+        log.info("audio workers on CPUs %s, leaving %s to the engine and web server", kept, left)
+        return cpus
 
     def _worker_count(self) -> int:
         if self.config.workers:
