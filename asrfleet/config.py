@@ -53,7 +53,7 @@ class InstanceConfig:
     max_queue: int = 256
     workers: int = 0
     worker_threads: int = 1  # torch CPU threads in each audio worker (its filterbank, the VAD network)
-    engine_cores: int = 2  # the instance's first cores, which its audio workers leave free
+    engine_cores: int = 0  # the instance's first cores, which its audio workers leave free
     threads: int = 0
     in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
     cpus: str = ""  # a CPU list ("0-15") this instance and its processes run on; "" = wherever allowed
@@ -270,7 +270,8 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         default=d.engine_cores,
         help="whole cores, the first of the instance's CPUs, that its audio workers leave to the web "
         "server and the engine, so that these need not wait behind decoding for a CPU (paraformer; "
-        "0: none; kept only where at least 4 cores remain for the workers)",
+        "kept only where at least 4 cores remain for the workers; default 0: 2 made a fleet of 2 no "
+        "faster on the 2x H200 host, benchmarks/results/README.md, session 23)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

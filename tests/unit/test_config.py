@@ -28,7 +28,7 @@ def test_argv_round_trip():
         max_duration_s=60.0,
         workers=3,
         worker_threads=2,
-        engine_cores=0,
+        engine_cores=2,
         threads=2,
         in_process=True,
         temp_dir=Path("/t"),

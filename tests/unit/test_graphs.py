@@ -161,3 +161,27 @@ def test_a_batch_run_at_a_borrowed_larger_shape_keeps_its_transcript(model_and_t
     for feats in batches():
         assert borrowing(feats) == eager(feats)
     assert borrowing.graphs.stats.borrowed == 2 * len(batches())  # the encoder's and the decoder's
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a GPU")
+def test_the_gpu_thread_never_waits_for_the_stream_to_drain(model_dirs):
+    """Between a batch's CUDA events, nothing the GPU thread does waits for the GPU (a pageable
+    copy, a tensor read on the host): it would let the GPU run dry (`transfers.py`)."""
+    from funasr import AutoModel
+
+    model, kwargs = AutoModel.build_model(
+        model=str(model_dirs["asr"]), device="cuda:0", disable_update=True, disable_log=True
+    )
+    recognizer = Recognizer(model, kwargs["tokenizer"], "cuda:0", fp16=True)
+    assert recognizer.use_graphs()
+    work = batches()[:4]
+    for _ in range(graphs.RECORD_AFTER + 1):  # every shape has its own graph: none is recorded below
+        expected = [recognizer(feats) for feats in work]
+    recorded = recognizer.graphs.recorded
+    torch.cuda.set_sync_debug_mode("error")  # a synchronizing call raises
+    try:
+        parts = [recognizer.run(feats) for feats in work]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert [recognizer.texts(part) for part in parts] == expected
+    assert recognizer.graphs.recorded == recorded

@@ -24,6 +24,8 @@ import funasr.utils.timestamp_tools as timestamp_tools
 import numpy as np
 import torch
 
+from asrfleet.engines.funasr.transfers import to_device
+
 _ROWS_FOR_ARRAYS = 16  # below this, a loop over float32 scalars beats array operations per frame
 _GATHER_BYTES = 64 * 2**20  # device memory for the hidden frames gathered at once
 
@@ -162,7 +164,7 @@ def embed_tokens(hidden: torch.Tensor, firing: Firing, label_len: int) -> torch.
     width = max(label_len, int(terms.slots.max()) + 1)  # FunASR fails where a row fires more
     embeds = hidden.new_zeros(batch, width, dim)
     device = hidden.device
-    embeds[torch.from_numpy(terms.rows).to(device), torch.from_numpy(terms.slots).to(device)] = sums
+    embeds[to_device(terms.rows, device), to_device(terms.slots, device)] = sums
     return embeds
 
 
@@ -174,9 +176,9 @@ def _sum_terms(flat: torch.Tensor, terms: _Terms) -> torch.Tensor:
     term alone, and adding -0.0 leaves any float as it is.
     """
     device, dim = flat.device, flat.size(1)
-    frames = torch.from_numpy(terms.frames).to(device)
-    weights = torch.from_numpy(terms.weights).to(device=device, dtype=flat.dtype)
-    start = torch.from_numpy(np.where(terms.first, np.float32(0.0), np.float32(-0.0))).to(device, flat.dtype)
+    frames = to_device(terms.frames, device)
+    weights = to_device(terms.weights, device).to(flat.dtype)
+    start = to_device(np.where(terms.first, np.float32(0.0), np.float32(-0.0)), device).to(flat.dtype)
     active = [int(np.count_nonzero(terms.counts > j)) for j in range(terms.frames.shape[1])]
     chunk = max(1, _GATHER_BYTES // max(1, active[0] * dim * flat.element_size()))
     sums = start[:, None] + weights[:, 0, None] * flat[frames[:, 0]]

@@ -51,6 +51,7 @@ import torch
 
 from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks, record_event
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
+from asrfleet.engines.funasr.transfers import to_device, to_host
 from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,7 @@ class Slots:
 class Encoded:
     out: torch.Tensor  # (B, T, D) float32, padded frames zero
     lengths: torch.Tensor  # (B,) on the device
+    host_lengths: list[int]  # the same on the host: reading them from the device waits for it
     timestamp_alphas: torch.Tensor | None  # (B, T x upsample) unscaled; None: no timestamp head
     cif_alphas: np.ndarray | None  # (B, T + 1) the predictor's weights with its tail, on the host
     # (T without a tail)
@@ -340,8 +342,8 @@ class GraphedModel:
             with self.turns.gpu_thread_sleeps():
                 copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
-        on_device = torch.tensor(lengths, dtype=torch.int64, device=self.device)
-        return Encoded(out, on_device, alphas, cif_alphas, cif_sums)
+        on_device = to_device(np.array(lengths, dtype=np.int64), self.device)
+        return Encoded(out, on_device, lengths, alphas, cif_alphas, cif_sums)
 
     def _encoder(self, b: int, t: int) -> None:
         """The encoder's graph: its output and, for a CIF predictor, the predictor's weights."""
@@ -457,14 +459,6 @@ def pad_features(
         batch[i, f.shape[0] :] = 0
     batch[len(feats) :] = 0
     return batch
-
-
-def to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A copy of `tensor` on the host. From a GPU, the copy is queued, not waited for: read it
-    only after an event recorded later on the same stream has completed."""
-    if tensor.device.type == "cpu":
-        return tensor.clone()
-    return tensor.to("cpu", non_blocking=True)
 
 
 def has_cif_predictor(model: torch.nn.Module) -> bool:

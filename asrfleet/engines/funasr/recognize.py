@@ -29,6 +29,7 @@ from asrfleet.engines.funasr import cif, graphs
 from asrfleet.engines.funasr.gpu_clock import DECODING, END, START, BatchMarks, GpuClock
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
 from asrfleet.engines.funasr.token_times import token_times
+from asrfleet.engines.funasr.transfers import to_device, to_host
 from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
@@ -136,11 +137,11 @@ class Recognizer:
         if int(token_lens.max()) < 1:
             marks.mark(END)
             return OnHost(len(feats), marks=marks)
-        tokens = self._best_tokens(encoded.out, encoded.lengths, embeds, token_lens)
+        tokens = self._best_tokens(encoded, embeds, token_lens)
         alphas = None
         if self.timestamps:
             alphas = self._timestamp_alphas(encoded, token_lens)
-        encoder_lens = graphs.to_host(encoded.lengths)
+        encoder_lens = torch.tensor(encoded.host_lengths)
         marks.mark(END)
         return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
@@ -176,24 +177,23 @@ class Recognizer:
         if isinstance(encoder_out, tuple):
             encoder_out = encoder_out[0]
         mask = frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
-        return graphs.Encoded(encoder_out.float() * mask, encoder_lens, None, None, None)
+        out = encoder_out.float() * mask
+        return graphs.Encoded(out, encoder_lens, encoder_lens.tolist(), None, None, None)
 
     def _best_tokens(
-        self,
-        encoder_out: torch.Tensor,
-        encoder_lens: torch.Tensor,
-        embeds: torch.Tensor,
-        token_lens: torch.Tensor,
+        self, encoded: graphs.Encoded, embeds: torch.Tensor, token_lens: torch.Tensor
     ) -> torch.Tensor:
         """The decoder's best token at each position (B, L), being copied to the host."""
         if self.graphs is not None:
-            tokens = self.graphs.decode(encoder_out, encoder_lens.tolist(), embeds, token_lens.tolist())
+            tokens = self.graphs.decode(encoded.out, encoded.host_lengths, embeds, token_lens.tolist())
             if tokens is not None:
                 return tokens
         with self._dense():
-            device_lens = token_lens.to(self.device)
-            scores, _ = self.model.cal_decoder_with_predictor(encoder_out, encoder_lens, embeds, device_lens)
-        return graphs.to_host(scores.argmax(dim=-1))
+            device_lens = to_device(token_lens, self.device)
+            scores, _ = self.model.cal_decoder_with_predictor(
+                encoded.out, encoded.lengths, embeds, device_lens
+            )
+        return to_host(scores.argmax(dim=-1))
 
     def _predict(self, encoded: graphs.Encoded, marks: BatchMarks) -> tuple[torch.Tensor, torch.Tensor]:
         """Token embeddings (B, L, D) and token counts (B,) on the host: FunASR's `calc_predictor`,
@@ -241,15 +241,15 @@ class Recognizer:
         """BiCifParaformer's upsampled alphas scaled to the predicted token count, on the host.
 
         The head's weights are the graph's where it computed them; else they are computed here,
-        as FunASR does, with the BLSTM on packed sequences. Being copied (`graphs.to_host`).
+        as FunASR does, with the BLSTM on packed sequences. Being copied (`to_host`).
         """
         p = self.model.predictor
         alphas = encoded.timestamp_alphas
         if alphas is None:
             alphas = timestamp_alphas(self.model, encoded.out, encoded.lengths * p.upsample_times)
-        token_lens = token_lens.to(self.device)
+        token_lens = to_device(token_lens, self.device)
         alphas = alphas * (token_lens / alphas.sum(-1))[:, None]  # scale to the predicted token count
-        return graphs.to_host(alphas.float())
+        return to_host(alphas.float())
 
     def _decode(self, batch: OnHost, i: int) -> SegmentText:
         """Segment `i`'s text and, from the timestamp head's weights, its tokens' times."""
