@@ -136,6 +136,15 @@ def _build(model_class_name: str, config: dict, vocab: list[str], seed: int) -> 
 
     torch.manual_seed(seed)
     model_class = tables.model_classes.get(model_class_name)
+    if model_class is None:  # FunASR skips a model module that fails to import, and says so only here
+        import funasr
+
+        failed = funasr.get_import_errors().items()
+        errors = [f"{name}: {error}" for name, error in failed if ".models." in name]
+        raise RuntimeError(
+            f"FunASR has no model class {model_class_name}; its model modules that failed to import: "
+            + ("; ".join(errors) or "none")
+        )
     kwargs = {**config.get("model_conf", {}), **config, "vocab_size": len(vocab), "input_size": 560}
     return model_class(**kwargs)
 
