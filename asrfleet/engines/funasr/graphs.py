@@ -44,7 +44,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 import numpy as np
 import torch
@@ -225,12 +225,17 @@ class Slots:
 @dataclass
 class Encoded:
     out: torch.Tensor  # (B, T, D) float32, padded frames zero
-    lengths: torch.Tensor  # (B,) on the device
-    host_lengths: list[int]  # the same on the host: reading them from the device waits for it
+    host_lengths: list[int]  # frames per row, on the host: reading them from the device waits for it
     timestamp_alphas: torch.Tensor | None  # (B, T x upsample) unscaled; None: no timestamp head
     cif_alphas: np.ndarray | None  # (B, T + 1) the predictor's weights with its tail, on the host
     # (T without a tail)
     cif_sums: np.ndarray | None  # (B,) their sums, as the device adds them
+
+    @cached_property
+    def lengths(self) -> torch.Tensor:
+        """`host_lengths` on the device (int64), copied when first asked: only the eager fallbacks
+        need them there."""
+        return to_device(np.array(self.host_lengths, dtype=np.int64), self.out.device)
 
 
 @dataclass
@@ -342,8 +347,7 @@ class GraphedModel:
             with self.turns.gpu_thread_sleeps():
                 copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
-        on_device = to_device(np.array(lengths, dtype=np.int64), self.device)
-        return Encoded(out, on_device, lengths, alphas, cif_alphas, cif_sums)
+        return Encoded(out, lengths, alphas, cif_alphas, cif_sums)
 
     def _encoder(self, b: int, t: int) -> None:
         """The encoder's graph: its output and, for a CIF predictor, the predictor's weights."""

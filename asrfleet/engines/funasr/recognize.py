@@ -178,7 +178,7 @@ class Recognizer:
             encoder_out = encoder_out[0]
         mask = frame_mask(encoder_lens, encoder_out.size(1))[:, :, None]
         out = encoder_out.float() * mask
-        return graphs.Encoded(out, encoder_lens, encoder_lens.tolist(), None, None, None)
+        return graphs.Encoded(out, encoder_lens.tolist(), None, None, None)
 
     def _best_tokens(
         self, encoded: graphs.Encoded, embeds: torch.Tensor, token_lens: torch.Tensor
@@ -205,13 +205,14 @@ class Recognizer:
         (`graphs.cif_weights`), and with our integrate-and-fire (`cif`, equal to FunASR's).
         """
         p = self.model.predictor
-        encoder_out, encoder_lens = encoded.out, encoded.lengths
+        encoder_out = encoded.out
         if not self.cif_predictor:
-            embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoder_lens)
+            embeds, token_num, _, _ = self.model.calc_predictor(encoder_out, encoded.lengths)
             return embeds, token_num.round().long().cpu()
         alphas, sums = encoded.cif_alphas, encoded.cif_sums
         if alphas is None or sums is None:  # not computed by a graph: here, as the graph does
-            weights, _ = graphs.cif_weights(p, encoder_out, frame_mask(encoder_lens, encoder_out.size(1)))
+            mask = frame_mask(encoded.lengths, encoder_out.size(1))
+            weights, _ = graphs.cif_weights(p, encoder_out, mask)
             alphas, sums = weights.cpu().numpy(), weights.sum(-1).cpu().numpy()
         return self._predict_from_host(encoder_out, alphas, sums, marks)
 
