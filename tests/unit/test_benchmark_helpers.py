@@ -22,7 +22,7 @@ from benchmarks.cpu import (
     used,
     waited,
 )
-from benchmarks.fleet import engine_deltas, stage_ms, summarise
+from benchmarks.fleet import disturbance, engine_deltas, stage_ms, summarise
 from benchmarks.host_cpus import speeds
 
 
@@ -171,6 +171,19 @@ def test_a_superseded_measurement_counts_for_nothing():
     summarise(result)
     assert result["one_instance_rtfx"] == 400.0
     assert [r["vs_one_instance"] for r in result["runs"]] == [0.25, 1.0, 1.0]
+
+
+def _measurement(steal: float, graphs: list[int]) -> dict:
+    return {"cpu_s": {"host_steal_share": steal}, "engines": [{"graphs_recorded": n} for n in graphs]}
+
+
+def test_a_measurement_is_disturbed_by_the_hypervisor_or_by_graph_recordings():
+    assert disturbance(_measurement(0.005, [0, 0]), max_steal=0.01, max_graphs=0) is None
+    assert "2.0%" in disturbance(_measurement(0.02, [0, 0]), max_steal=0.01, max_graphs=0)
+    assert "recorded 3 CUDA graphs" in disturbance(_measurement(0.0, [1, 2]), max_steal=0.01, max_graphs=0)
+    assert disturbance(_measurement(0.0, [1, 2]), max_steal=0.01, max_graphs=3) is None
+    # an engine that counts no graphs (the baseline's, Whisper's) disturbs nothing
+    assert disturbance({"cpu_s": {"host_steal_share": 0.0}, "engines": [{}]}, 0.01, 0) is None
 
 
 def test_a_fleet_is_compared_with_its_members_alone_just_before_and_after_it():
