@@ -9,7 +9,8 @@ batch of a new shape records one, about 0.1 s; the measurements are of the stead
 * every instance alone, directly on its port, at concurrency C;
 * the fleet through nginx at C x N; the same instances at once without nginx, the clients split
   evenly over their ports (so the host's share of a fleet's loss shows apart from nginx's); then
-  every instance alone again;
+  every instance alone again; this round --rounds times, whose speed-ups are averaged (two
+  measurements of the same configuration one after the other differ by up to 9 %, session 24);
 * for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2 (through nginx, then
   directly), and instances 0 and 1 measured alone again; then it is reconciled to 1 and measured
   through nginx at C (what the nginx hop costs).
@@ -195,6 +196,17 @@ def summarise(result: dict) -> None:
         if around > 0:
             run["alone_around_rtfx"] = round(around, 1)
             run["vs_alone_around"] = round(run["levels"][0]["rtfx"] / around, 3)
+    result["speed_ups"] = speed_ups(counted)
+
+
+def speed_ups(runs: list[dict]) -> dict[str, dict]:
+    """Each configuration's speed-up against its members alone around it: the mean over the rounds
+    (--rounds), and each round's."""
+    each: dict[str, list[float]] = {}
+    for run in runs:
+        if "vs_alone_around" in run:
+            each.setdefault(run["config"], []).append(run["vs_alone_around"])
+    return {config: {"mean": round(sum(v) / len(v), 3), "each": v} for config, v in each.items()}
 
 
 def alone_instance(run: dict) -> int | None:
@@ -293,10 +305,19 @@ def main(argv: list[str] | None = None) -> int:
         "40; 4 until session 15)",
     )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="measure the fleet (through nginx, then without) this many times, each followed by every "
+        "instance alone; the speed-ups are the means over the rounds (default 1)",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     if args.warm_up < 1:
         p.error("--warm-up must be at least 1 request per client")
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.procs % args.gpus or (args.gpus >= 4 and args.procs % 2):
         p.error(
             "--procs must be a multiple of --gpus (and of 2 from 4 GPUs), so that the measurements "
@@ -413,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
             everyone, NGINX_URL, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
         )
         measure_alone(everyone)
-        measure_fleet(everyone)
-        measure_alone(everyone)  # after the fleet too: the host's speed drifts (see above)
+        for _ in range(args.rounds):
+            measure_fleet(everyone)
+            measure_alone(everyone)  # after the fleet too: the host's speed drifts (see above)
         if args.gpus >= 4:
             launcher("--instances", "2", *common)
             measure_fleet([0, 1])
@@ -459,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         stages = [e["stage_ms_per_request"] for e in run.get("engines", []) if e.get("stage_ms_per_request")]
         if stages:
             print(f"    engine stages, ms a request (per instance): {stages}", flush=True)
+    for config, speed_up in result["speed_ups"].items():
+        print(f"{config:<28} {speed_up['mean']:5.2f}x its members alone around it (each: {speed_up['each']})")
     return 0
 
 

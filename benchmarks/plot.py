@@ -52,9 +52,13 @@ def _one_instance(fleet: dict) -> float:
     return fleet.get("one_instance_rtfx") or fleet["runs"][0]["levels"][0]["rtfx"]
 
 
-def _speed_up(run: dict, single: float) -> float:
-    """Against its instances measured alone just before and after it where the run did that
-    (benchmarks/fleet.py), else against the run's one instance."""
+def _speed_up(fleet: dict, run: dict, single: float) -> float:
+    """The mean over the fleet run's rounds where it has several (benchmarks/fleet.py --rounds);
+    else against its instances measured alone just before and after it where the run did that,
+    else against the run's one instance."""
+    rounds = fleet.get("speed_ups", {}).get(run["config"])
+    if rounds:
+        return rounds["mean"]
     return run.get("vs_alone_around") or run["levels"][0]["rtfx"] / single
 
 
@@ -80,8 +84,8 @@ def fleet_points(fleets: list[tuple[str, dict]]) -> list[FleetPoint]:
                     host=_host(fleet),
                     api=fleet.get("api", "gradio"),
                     instances=n,
-                    via_nginx=_speed_up(via, single),
-                    direct=_speed_up(direct, single) if direct else None,
+                    via_nginx=_speed_up(fleet, via, single),
+                    direct=_speed_up(fleet, direct, single) if direct else None,
                 )
             )
     return points

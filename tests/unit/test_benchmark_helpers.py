@@ -208,6 +208,22 @@ def test_a_fleet_is_compared_with_its_members_alone_just_before_and_after_it():
     assert "vs_alone_around" not in result["runs"][0] and "vs_alone_around" not in result["runs"][3]
 
 
+def test_the_speed_ups_are_the_means_over_the_rounds():
+    alone = [_run("instance 0 alone (direct)", rtfx) for rtfx in (100.0, 200.0, 100.0)]
+    result = {
+        "runs": [
+            alone[0],
+            {**_run("fleet of 1 via nginx", 300.0), "instances": 1},  # 2x the 150 around it
+            alone[1],
+            {**_run("fleet of 1 via nginx", 50.0), "instances": 1, "superseded": "stolen"},
+            {**_run("fleet of 1 via nginx", 150.0), "instances": 1},  # 1x
+            alone[2],
+        ]
+    }
+    summarise(result)
+    assert result["speed_ups"] == {"fleet of 1 via nginx": {"mean": 1.5, "each": [2.0, 1.0]}}
+
+
 def test_engine_stage_times_become_milliseconds_a_request():
     before = {"requests": 10, "prepare": 1.0, "recognize": 2.0, "assemble": 0.1}
     after = {"requests": 30, "prepare": 2.0, "recognize": 2.5, "assemble": 0.12}
@@ -389,10 +405,12 @@ def test_plot_takes_each_fleets_counted_measurement_through_nginx_and_without():
         one=95.0,
         gpus=4,
     )
-    assert fleet_points([("new", run), ("old", older)]) == [
+    rounds = {**run, "speed_ups": {"fleet of 2 via nginx": {"mean": 1.91, "each": [1.94, 1.88]}}}
+    assert fleet_points([("new", run), ("old", older), ("rounds", rounds)]) == [
         FleetPoint("new", "2× H200, 32 CPUs", "openai", 2, via_nginx=1.94, direct=1.87),
         FleetPoint("old", "4× H200, 64 CPUs", "openai", 2, via_nginx=185.0 / 95.0, direct=None),
         FleetPoint("old", "4× H200, 64 CPUs", "openai", 4, via_nginx=360.0 / 95.0, direct=None),
+        FleetPoint("rounds", "2× H200, 32 CPUs", "openai", 2, via_nginx=1.91, direct=1.87),
     ]
 
 
