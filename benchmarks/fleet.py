@@ -95,6 +95,8 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "mean_batch": round(segments / batches, 1) if batches else 0.0,
                 "gpu_thread_busy_share": round(busy / wall_s, 3) if wall_s else 0.0,
                 "host_thread_busy_share": _share(a, b, "host_busy_s", wall_s),
+                # the GPU thread's CPU milliseconds a batch: up where its CPU is slower
+                "gpu_thread_cpu_ms_per_batch": _per_batch_ms(a, b, "gpu_thread_cpu_s", batches),
                 # the GPU's own time (gpu_clock.py): working, idle mid-batch for the host's CIF,
                 # idle between batches
                 "gpu_work_share": _share(a, b, "gpu_work_s", wall_s),
@@ -114,6 +116,12 @@ def _share(after: dict, before: dict, key: str, wall_s: float) -> float | None:
     if key not in after or not wall_s:
         return None  # an engine from before the key existed
     return round((after[key] - before.get(key, 0.0)) / wall_s, 3)
+
+
+def _per_batch_ms(after: dict, before: dict, key: str, batches: int) -> float | None:
+    if key not in after or not batches:
+        return None
+    return round(1000 * (after[key] - before.get(key, 0.0)) / batches, 2)
 
 
 def stage_ms(before: dict | None, after: dict | None) -> dict[str, float]:
@@ -472,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
         threads = [
             f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
             f"host thread {e.get('host_thread_busy_share') or 0:.0%}, "
+            f"GPU thread's CPU {e.get('gpu_thread_cpu_ms_per_batch') or 0:.2f} ms a batch, "
             f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
             f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
             f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 
@@ -151,3 +152,21 @@ def test_the_gpu_runs_the_next_batch_while_the_host_finishes_the_last():
     assert {i: r.text for i, r in got.items()} == {0: "6", 1: "6"}
     assert gpu_thread == ["gpu-batches", "gpu-batches"]
     assert s.stats.batches == 2 and s.stats.host_busy_s > 0
+
+
+def test_the_gpu_threads_cpu_time_tells_work_from_waiting():
+    def working(feats):
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+        return lambda: [SegmentText("", []) for _ in feats]
+
+    def waiting(feats):
+        time.sleep(0.05)  # as for the GPU, or for the GIL
+        return lambda: [SegmentText("", []) for _ in feats]
+
+    items = [(0, np.zeros((6, 4), np.float32))]
+    worked = run_scheduler(working, Budget(max_frames=10), items)[2].stats
+    waited = run_scheduler(waiting, Budget(max_frames=10), items)[2].stats
+    assert worked.cpu_s >= 0.05 and worked.busy_s >= 0.05
+    assert waited.cpu_s < 0.02 and waited.busy_s >= 0.05

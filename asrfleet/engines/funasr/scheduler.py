@@ -79,6 +79,9 @@ class SchedulerStats:
     padded_frames: int = 0
     real_frames: int = 0
     busy_s: float = 0.0  # the GPU thread's, in batches
+    # ... and its CPU time in them: per batch, more CPU for the same work means a slower CPU; a
+    # longer wall time with the same CPU means waits (for the GPU, for a CPU, for the GIL)
+    cpu_s: float = 0.0
     host_busy_s: float = 0.0  # the host thread's, turning batches into text
     oom_splits: int = 0
 
@@ -153,13 +156,13 @@ class BatchScheduler:
         return chosen
 
     def _process(self, batch: list[_Segment]) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             finish = self._recognize_fitting(batch)
         except Exception as err:  # one bad batch fails its requests, not the instance
             self._fail(batch, err)
             return
-        self._account(batch, time.perf_counter() - started)
+        self._account(batch, time.perf_counter() - started, time.thread_time() - cpu_started)
         with self.turns.gpu_thread_sleeps():  # when the host thread is behind
             self._ran.put((batch, finish))
 
@@ -205,8 +208,9 @@ class BatchScheduler:
         first, second = self._recognize_fitting(batch[:half]), self._recognize_fitting(batch[half:])
         return lambda: first() + second()
 
-    def _account(self, batch: list[_Segment], seconds: float) -> None:
+    def _account(self, batch: list[_Segment], seconds: float, cpu_seconds: float) -> None:
         s = self.stats
+        s.cpu_s += cpu_seconds
         s.batches += 1
         s.segments += len(batch)
         s.padded_frames += max(seg.frames for seg in batch) * len(batch)

@@ -358,6 +358,7 @@ class FunasrTranscriber:
                 mean_batch=round(s.segments / s.batches, 2) if s.batches else 0.0,
                 padding_efficiency=round(s.real_frames / s.padded_frames, 3) if s.padded_frames else 1.0,
                 gpu_busy_s=round(s.busy_s, 3),
+                gpu_thread_cpu_s=round(s.cpu_s, 3),
                 host_busy_s=round(s.host_busy_s, 3),
                 pending_segments=self._scheduler.pending(),
                 batch_budget_frames=self._scheduler.budget.max_frames,
