@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -368,6 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     common += args.instance_option
     c = args.per_instance_concurrency
     result = {
+        "command": shlex.join(
+            ["python", "-m", "benchmarks.fleet", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "code": load.code_version(REPO),
         "hardware": {**load.hardware(), "topology": cpu.topology()},
         "files_per_instance": len(recordings),
         "audio_s_per_instance": round(total_s(recordings), 1),

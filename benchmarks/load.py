@@ -19,6 +19,7 @@ import os
 import platform
 import ssl
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -284,6 +285,24 @@ def hardware() -> dict:
     except Exception:
         info["gpus"] = []
     return info
+
+
+def code_version(repo: Path) -> str | None:
+    """The commit `repo` is at, with "-dirty" where its tracked files differ from it (as on the GPU
+    machines, which get the session's first commit and a copy of the working tree); None outside git."""
+    try:
+        described = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if described.returncode != 0:
+        return None
+    return described.stdout.strip() or None
 
 
 def run(

@@ -478,3 +478,19 @@ def test_the_fleet_benchmark_refuses_client_cpus_it_cannot_have_before_building_
     assert exited.value.code == 2
     assert f"--client-cpus {beyond}: CPU {beyond} is not available here" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()  # no model was built
+
+
+def test_code_version_names_the_commit_and_says_when_the_tree_differs(tmp_path):
+    from benchmarks.load import code_version
+
+    assert code_version(tmp_path) is None  # not a repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    subprocess.run([*git, "add", "a.py"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True).stdout
+    head = head.strip()
+    assert code_version(tmp_path) == head
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_version(tmp_path) == f"{head}-dirty"
