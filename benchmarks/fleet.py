@@ -10,7 +10,7 @@ batch of a new shape records one, about 0.1 s; the measurements are of the stead
 * the fleet through nginx at C x N; the same instances at once without nginx, the clients split
   evenly over their ports (so the host's share of a fleet's loss shows apart from nginx's); then
   every instance alone again; this round --rounds times, whose speed-ups are averaged (two
-  measurements of the same configuration one after the other differ by up to 9 %, session 24);
+  measurements of the same configuration one after the other differ by up to 12 %, session 24);
 * for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2 (through nginx, then
   directly), and instances 0 and 1 measured alone again; then it is reconciled to 1 and measured
   through nginx at C (what the nginx hop costs).
