@@ -114,8 +114,10 @@ def without_first_cores(
     An instance's audio workers run on what this leaves, so that the engine's GPU thread and the
     web server, which every prepared request waits for, find a free core the moment they wake.
     """
+    if count < 1:
+        return allowed
     cores = read_cores(set(allowed), sysfs)
-    if count < 1 or len(cores) - count < min_left:
+    if len(cores) - count < min_left:
         return allowed
     return frozenset(cpu for core in cores[count:] for cpu in core)
 

@@ -220,6 +220,8 @@ class FunasrTranscriber:
     def _worker_cpus(self) -> frozenset[int] | None:
         """Where the audio workers run: this process's CPUs less the first `--engine-cores` cores,
         left to the engine's threads and the web server; None: all of them."""
+        if not self.config.engine_cores:  # the default: nothing to read or pin
+            return None
         allowed = frozenset(os.sched_getaffinity(0))
         cpus = without_first_cores(allowed, self.config.engine_cores, min_left=MIN_WORKER_CORES)
         if cpus == allowed:
