@@ -50,6 +50,7 @@ import logging
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from asrfleet.config import VAD_SCORES, InstanceConfig
@@ -103,6 +104,7 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "gpu_work_share": _share(a, b, "gpu_work_s", wall_s),
                 "gpu_cif_wait_share": _share(a, b, "gpu_cif_wait_s", wall_s),
                 "gpu_between_share": _share(a, b, "gpu_between_s", wall_s),
+                **mid_batch(a, b, batches),
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
@@ -111,6 +113,30 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
             }
         )
     return out
+
+
+def mid_batch(after: dict, before: dict, batches: int) -> dict[str, float | int | None]:
+    """The GPU's mid-batch wait taken apart (`gpu_clock.py`), in milliseconds a batch: the GPU work
+    covering the host's CIF, the host's wall and CPU time for it, and how late the GPU thread ran
+    again in the batches whose GPU waited. None for an engine from before these counters."""
+    waited = _count(after, before, "cif_waited_batches")
+    late = None
+    if "cif_late_s" in after and waited:
+        late = round(1000 * (after["cif_late_s"] - before.get("cif_late_s", 0.0)) / waited, 2)
+    return {
+        "cif_cover_ms_per_batch": _per_batch_ms(after, before, "gpu_cif_cover_s", batches),
+        "cif_host_ms_per_batch": _per_batch_ms(after, before, "cif_host_s", batches),
+        "cif_host_cpu_ms_per_batch": _per_batch_ms(after, before, "cif_host_cpu_s", batches),
+        "cif_waited_batches": waited,
+        "cif_late_ms_per_waited_batch": late,
+        # woke while the host thread was mid-segment (`turns.py`), and of those, waited
+        "cif_woke_into_host_batches": _count(after, before, "cif_woke_into_host_batches"),
+        "cif_waited_into_host_batches": _count(after, before, "cif_waited_into_host_batches"),
+    }
+
+
+def _count(after: dict, before: dict, key: str) -> int | None:
+    return after[key] - before.get(key, 0) if key in after else None
 
 
 def _share(after: dict, before: dict, key: str, wall_s: float) -> float | None:
@@ -410,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def started() -> None:  # as the clients start, after their processes have imported
             start["stats"], start["cpu"] = instance_stats(members), cpu.snapshot()
+            start["at"] = time.time()
 
         measured = load.run(
             url, workload, [users], api=args.api, procs=args.procs, on_start=started, cpus=args.client_cpus
@@ -421,6 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu_used["load generator"] = round(cpu_used["load generator"] + clients, 1)
         wall = measured["levels"][0]["wall_s"]
         run = {"config": config, "instances": len(members), **measured}
+        # when, by the host's clock: to match a profile taken meanwhile (py-spy) to its measurement
+        run["unix_time"] = [round(start["at"], 1), round(time.time(), 1)]
         run["engines"] = engine_deltas(before, instance_stats(members), wall)
         run["cpu_s"] = cpu_used
         run["run_queue_wait_s"] = cpu.waited(cpu_before, cpu_after)
@@ -489,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
             f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
             f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"
+            f"{_mid_batch_line(e)}"
             for e in run.get("engines", [])
         ]
         print(f"    busy (per instance): {'; '.join(threads)}", flush=True)
@@ -498,6 +528,19 @@ def main(argv: list[str] | None = None) -> int:
     for config, speed_up in result["speed_ups"].items():
         print(f"{config:<28} {speed_up['mean']:5.2f}x its members alone around it (each: {speed_up['each']})")
     return 0
+
+
+def _mid_batch_line(engine: dict) -> str:
+    if engine.get("cif_host_ms_per_batch") is None:
+        return ""
+    late = engine["cif_late_ms_per_waited_batch"] or 0.0
+    into, into_waited = engine["cif_woke_into_host_batches"], engine["cif_waited_into_host_batches"]
+    return (
+        f" (a batch: covered {engine['cif_cover_ms_per_batch']:.2f} ms, host "
+        f"{engine['cif_host_ms_per_batch']:.2f} ms with {engine['cif_host_cpu_ms_per_batch']:.2f} of CPU; "
+        f"{engine['cif_waited_batches']} waited, woke {late:.2f} ms late; "
+        f"woke into the host thread's work {into}, of them waited {into_waited})"
+    )
 
 
 if __name__ == "__main__":

@@ -47,3 +47,17 @@ def test_the_host_goes_as_soon_as_the_gpu_thread_sleeps_again():
     release.set()
     worker.join()
     assert asleep.is_set() and 0.03 < waited < 10.0
+
+
+def test_a_host_piece_says_the_host_thread_is_working_until_it_ends():
+    turns = Turns(patience_s=5.0)
+    assert not turns.host_working
+    with turns.host_piece():  # the GPU thread has not run yet: the host goes at once
+        assert turns.host_working
+    assert not turns.host_working
+    try:
+        with turns.host_piece():
+            raise ValueError("a segment that fails")
+    except ValueError:
+        pass
+    assert not turns.host_working

@@ -49,7 +49,7 @@ from functools import cached_property, partial
 import numpy as np
 import torch
 
-from asrfleet.engines.funasr.gpu_clock import ENCODED, START, BatchMarks, record_event
+from asrfleet.engines.funasr.gpu_clock import ENCODED, START, WEIGHTS, WOKE, BatchMarks, record_event
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
 from asrfleet.engines.funasr.transfers import to_device, to_host
 from asrfleet.engines.funasr.turns import Turns
@@ -309,7 +309,8 @@ class GraphedModel:
         Two graphs: the encoder with the predictor's weights, then the timestamp head. The
         predictor's weights are copied to the host between them, so that the host runs the
         integrate-and-fire recurrence (`cif.fire_tokens`) while the GPU runs the head's LSTM.
-        `marks`: where the batch's GPU work starts (START) and where its encoding ends (ENCODED).
+        `marks`: where the batch's GPU work starts (START), where the weights' copy is queued
+        (WEIGHTS), where its encoding ends (ENCODED), and when the host has the weights (WOKE).
         """
         marks = marks or BatchMarks(self.device)
         lengths = [f.shape[0] for f in feats]
@@ -336,16 +337,19 @@ class GraphedModel:
                 to_host(slots.view("cif_alphas", (b, t + tail))[:n, : longest + tail]),
                 to_host(slots.view("cif_sums", (b,))[:n]),
             ]
-        copied = record_event(self.device)
+        marks.mark(WEIGHTS)  # the weights' copy: the host waits for this, then runs the CIF
         alphas = None
         if self._timestamps:
             self._run(("stamps", b, t), partial(self._timestamp_head, b, t))
             up = longest * self._upsample
             alphas = slots.view("timestamp_alphas", (b, t * self._upsample))[:n, :up].clone()
         marks.mark(ENCODED)
+        copied = marks.events.get(WEIGHTS)
         if copied is not None:
             with self.turns.gpu_thread_sleeps():
                 copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
+                marks.note(WOKE)  # the first thing with the GIL back
+                marks.woke_into_host = self.turns.host_working
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
         return Encoded(out, lengths, alphas, cif_alphas, cif_sums)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -120,7 +120,7 @@ class Recognizer:
     def in_two_parts(self, feats: list[np.ndarray]) -> Callable[[], list[SegmentText]]:
         """`run` now; `texts` as the function returned, for the scheduler's host thread, which
         takes its turns on the GIL with the GPU thread (`turns.py`)."""
-        return partial(self.texts, self.run(feats), self.turns.host_turn)
+        return partial(self.texts, self.run(feats), self.turns)
 
     @torch.inference_mode()
     def run(self, feats: list[np.ndarray]) -> OnHost:
@@ -146,10 +146,10 @@ class Recognizer:
         return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
-    def texts(self, batch: OnHost, wait_turn: Callable[[], None] | None = None) -> list[SegmentText]:
+    def texts(self, batch: OnHost, turns: Turns | None = None) -> list[SegmentText]:
         """The host's part of a batch: each segment's text and token timestamps. No GPU work.
 
-        `wait_turn`, called before each segment: where this runs beside the GPU thread.
+        `turns`: where this runs beside the GPU thread, each segment a piece of the host's work.
         """
         if batch.ready is not None:
             batch.ready.synchronize()
@@ -158,9 +158,8 @@ class Recognizer:
             return [EMPTY] * batch.count
         out = []
         for i in range(batch.count):
-            if wait_turn is not None:
-                wait_turn()
-            out.append(self._decode(batch, i))
+            with turns.host_piece() if turns is not None else nullcontext():
+                out.append(self._decode(batch, i))
         return out
 
     def _encode(self, feats: list[np.ndarray], marks: BatchMarks | None = None) -> graphs.Encoded:

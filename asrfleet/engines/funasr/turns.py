@@ -35,6 +35,9 @@ class Turns:
         self.patience_s = patience_s
         self._gpu_thread_asleep = threading.Event()
         self._gpu_thread_asleep.set()  # until it runs a batch
+        # Whether the host thread is inside a piece of its work: read by the GPU thread as it wakes
+        # (then holding the GIL), to count the wake-ups that found the host thread mid-piece.
+        self.host_working = False
 
     @contextmanager
     def gpu_thread_sleeps(self) -> Iterator[None]:
@@ -49,3 +52,13 @@ class Turns:
         """Before a piece of the host thread's work: wait until the GPU thread sleeps, or at most
         `patience_s`."""
         self._gpu_thread_asleep.wait(self.patience_s)
+
+    @contextmanager
+    def host_piece(self) -> Iterator[None]:
+        """Around a piece of the host thread's work: its turn first (`host_turn`)."""
+        self.host_turn()
+        self.host_working = True
+        try:
+            yield
+        finally:
+            self.host_working = False
