@@ -99,6 +99,8 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "host_thread_busy_share": _share(a, b, "host_busy_s", wall_s),
                 # the GPU thread's CPU milliseconds a batch: up where its CPU is slower
                 "gpu_thread_cpu_ms_per_batch": _per_batch_ms(a, b, "gpu_thread_cpu_s", batches),
+                # the host thread's: the Python that shares the GIL with the GPU thread's
+                "host_thread_cpu_ms_per_batch": _per_batch_ms(a, b, "host_thread_cpu_s", batches),
                 # the GPU's own time (gpu_clock.py): working, idle mid-batch for the host's CIF,
                 # idle between batches
                 "gpu_work_share": _share(a, b, "gpu_work_s", wall_s),
@@ -515,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
             f"host thread {e.get('host_thread_busy_share') or 0:.0%}, "
             f"GPU thread's CPU {e.get('gpu_thread_cpu_ms_per_batch') or 0:.2f} ms a batch, "
+            f"host thread's {e.get('host_thread_cpu_ms_per_batch') or 0:.2f}, "
             f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
             f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
             f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"

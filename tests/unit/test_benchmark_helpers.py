@@ -236,12 +236,16 @@ def test_engine_deltas_report_both_threads_busy_shares():
     after = {"batches": 30, "segments": 240, "gpu_busy_s": 2.9, "host_busy_s": 0.7, "cuda_graphs": 6}
     before["graphs_borrowed"], after["graphs_borrowed"] = 3, 7
     before["gpu_thread_cpu_s"], after["gpu_thread_cpu_s"] = 0.5, 0.7
-    older_engine = {k: v for k, v in after.items() if k not in ("host_busy_s", "gpu_thread_cpu_s")}
+    before["host_thread_cpu_s"], after["host_thread_cpu_s"] = 0.1, 0.4
+    older = ("host_busy_s", "gpu_thread_cpu_s", "host_thread_cpu_s")
+    older_engine = {k: v for k, v in after.items() if k not in older}
     [delta, old] = engine_deltas([before, before], [after, older_engine], wall_s=2.0)
     assert (delta["batches"], delta["mean_batch"], delta["graphs_recorded"]) == (20, 10.0, 1)
     assert delta["graphs_borrowed"] == 4
     assert (delta["gpu_thread_busy_share"], delta["host_thread_busy_share"]) == (0.95, 0.25)
     assert delta["gpu_thread_cpu_ms_per_batch"] == 10.0
+    assert delta["host_thread_cpu_ms_per_batch"] == 15.0
+    assert old["host_thread_cpu_ms_per_batch"] is None
     assert old["host_thread_busy_share"] is None  # an engine from before the host thread
     assert old["gpu_thread_cpu_ms_per_batch"] is None
     assert delta["cif_host_ms_per_batch"] is None and delta["cif_late_ms_per_waited_batch"] is None

@@ -170,3 +170,19 @@ def test_the_gpu_threads_cpu_time_tells_work_from_waiting():
     waited = run_scheduler(waiting, Budget(max_frames=10), items)[2].stats
     assert worked.cpu_s >= 0.05 and worked.busy_s >= 0.05
     assert waited.cpu_s < 0.02 and waited.busy_s >= 0.05
+
+
+def test_the_host_threads_cpu_time_is_its_python_not_its_waits():
+    def recognize(feats):
+        def finish():
+            time.sleep(0.05)  # as for the batch's end on the GPU
+            end = time.thread_time() + 0.03
+            while time.thread_time() < end:  # the segments' text
+                pass
+            return [SegmentText("", []) for _ in feats]
+
+        return finish
+
+    stats = run_scheduler(recognize, Budget(max_frames=10), [(0, np.zeros((6, 4), np.float32))])[2].stats
+    assert stats.host_busy_s >= 0.08
+    assert 0.03 <= stats.host_cpu_s < 0.06

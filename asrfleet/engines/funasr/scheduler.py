@@ -83,6 +83,7 @@ class SchedulerStats:
     # longer wall time with the same CPU means waits (for the GPU, for a CPU, for the GIL)
     cpu_s: float = 0.0
     host_busy_s: float = 0.0  # the host thread's, turning batches into text
+    host_cpu_s: float = 0.0  # ... and its CPU time then: the Python it runs beside the GPU thread
     oom_splits: int = 0
 
 
@@ -171,7 +172,7 @@ class BatchScheduler:
             self._finish(*item)
 
     def _finish(self, batch: list[_Segment], finish: Finish) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         try:
             by_key: dict[str, list[tuple[int, SegmentText]]] = {}
             for seg, result in zip(batch, finish(), strict=True):
@@ -182,6 +183,7 @@ class BatchScheduler:
             self._fail(batch, err)
         finally:
             self.stats.host_busy_s += time.perf_counter() - started
+            self.stats.host_cpu_s += time.thread_time() - cpu_started
 
     def _fail(self, batch: list[_Segment], err: Exception) -> None:
         log.error("a batch of %d segments failed", len(batch), exc_info=err)

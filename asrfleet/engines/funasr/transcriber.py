@@ -362,6 +362,7 @@ class FunasrTranscriber:
                 gpu_busy_s=round(s.busy_s, 3),
                 gpu_thread_cpu_s=round(s.cpu_s, 3),
                 host_busy_s=round(s.host_busy_s, 3),
+                host_thread_cpu_s=round(s.host_cpu_s, 3),
                 pending_segments=self._scheduler.pending(),
                 batch_budget_frames=self._scheduler.budget.max_frames,
                 oom_splits=s.oom_splits,
