@@ -122,15 +122,12 @@ def mid_batch(after: dict, before: dict, batches: int) -> dict[str, float | int 
     covering the host's CIF, the host's wall and CPU time for it, and how late the GPU thread ran
     again in the batches whose GPU waited. None for an engine from before these counters."""
     waited = _count(after, before, "cif_waited_batches")
-    late = None
-    if "cif_late_s" in after and waited:
-        late = round(1000 * (after["cif_late_s"] - before.get("cif_late_s", 0.0)) / waited, 2)
     return {
         "cif_cover_ms_per_batch": _per_batch_ms(after, before, "gpu_cif_cover_s", batches),
         "cif_host_ms_per_batch": _per_batch_ms(after, before, "cif_host_s", batches),
         "cif_host_cpu_ms_per_batch": _per_batch_ms(after, before, "cif_host_cpu_s", batches),
         "cif_waited_batches": waited,
-        "cif_late_ms_per_waited_batch": late,
+        "cif_late_ms_per_waited_batch": _per_batch_ms(after, before, "cif_late_s", waited or 0),
         # woke while the host thread was mid-segment (`turns.py`), and of those, waited
         "cif_woke_into_host_batches": _count(after, before, "cif_woke_into_host_batches"),
         "cif_waited_into_host_batches": _count(after, before, "cif_waited_into_host_batches"),
