@@ -112,6 +112,9 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
                 "graphs_borrowed": a.get("graphs_borrowed", 0) - b.get("graphs_borrowed", 0),
                 "stage_ms_per_request": stage_ms(b.get("stage_s"), a.get("stage_s")),
+                # the garbage collector's pauses in the engine process (`asrfleet/gc_pauses.py`)
+                "gc_pause_ms": _ms(a, b, "gc_pause_s"),
+                "gc_full_collections": _count(a, b, "gc_full_collections"),
             }
         )
     return out
@@ -142,6 +145,10 @@ def _share(after: dict, before: dict, key: str, wall_s: float) -> float | None:
     if key not in after or not wall_s:
         return None  # an engine from before the key existed
     return round((after[key] - before.get(key, 0.0)) / wall_s, 3)
+
+
+def _ms(after: dict, before: dict, key: str) -> float | None:
+    return _per_batch_ms(after, before, key, 1)
 
 
 def _per_batch_ms(after: dict, before: dict, key: str, batches: int) -> float | None:
@@ -518,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
             f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
             f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
             f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"
-            f"{_mid_batch_line(e)}"
+            f"{_mid_batch_line(e)}{_gc_line(e)}"
             for e in run.get("engines", [])
         ]
         print(f"    busy (per instance): {'; '.join(threads)}", flush=True)
@@ -541,6 +548,12 @@ def _mid_batch_line(engine: dict) -> str:
         f"{engine['cif_waited_batches']} waited, woke {late:.2f} ms late; "
         f"woke into the host thread's work {into}, of them waited {into_waited})"
     )
+
+
+def _gc_line(engine: dict) -> str:
+    if engine.get("gc_pause_ms") is None:
+        return ""
+    return f", GC paused {engine['gc_pause_ms']:.1f} ms ({engine['gc_full_collections']} full)"
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from asrfleet.config import InstanceConfig
 from asrfleet.cpus import parse_cpu_list, pin_process
 from asrfleet.errors import first_line
+from asrfleet.gc_pauses import freeze_loaded
 from asrfleet.logs import configure_logging
 
 if TYPE_CHECKING:  # imported for real only once GRADIO_TEMP_DIR is set (see _temp_dirs)
@@ -108,6 +109,8 @@ def _load(transcriber: Transcriber, state: LoadState, server: uvicorn.Server) ->
         log.error("loading the models failed: %s", summary, exc_info=not quiet)
         _exit(state, server, summary, EXIT_LOAD_FAILED)
         return
+    # gc_pauses.py: no full collection walks the web server's and libraries' objects again
+    freeze_loaded()
     log.info("ready after %.1f s", time.time() - state.started)
     if isinstance(transcriber, EngineProcess):
         code = transcriber.wait_died()

@@ -31,6 +31,7 @@ from pathlib import Path
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions, display_name
 from asrfleet.errors import AsrError, NotReady, first_line, user_message
+from asrfleet.gc_pauses import GcPauses, freeze_loaded
 from asrfleet.logs import configure_logging
 from asrfleet.transcript import Transcript
 
@@ -206,6 +207,7 @@ def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) ->
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
+    pauses = GcPauses().install()
     module_name, class_name = engine_class.split(":")
     try:
         engine = getattr(importlib.import_module(module_name), class_name)(config)
@@ -216,8 +218,10 @@ def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) ->
         if not isinstance(err, ValueError):
             log.error("loading the models failed", exc_info=True)
         return
+    # Before answering: a full collection over the libraries' objects would stop the GPU thread.
+    log.debug("froze %d objects after loading", freeze_loaded())
     conn.send(("loaded", engine.model_name))
-    _Answerer(engine, conn, threads=config.max_queue + 16).run()
+    _Answerer(engine, conn, threads=config.max_queue + 16, pauses=pauses).run()
 
 
 class _Answerer:
@@ -229,9 +233,10 @@ class _Answerer:
     process's threads together held the GIL most of the time.
     """
 
-    def __init__(self, engine, conn: Connection, threads: int) -> None:
+    def __init__(self, engine, conn: Connection, threads: int, pauses: GcPauses) -> None:
         self.engine = engine
         self.conn = conn
+        self.pauses = pauses
         self.send_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="request")
         self.submit = getattr(engine, "submit", None)
@@ -255,7 +260,7 @@ class _Answerer:
 
     def _stats(self) -> dict[str, object]:
         try:
-            return self.engine.stats()
+            return {**self.engine.stats(), **self.pauses.as_dict()}
         except Exception as err:  # stats are for people; a failure there must not stop the engine
             log.warning("the engine's stats failed: %r", err)
             return {"stats_error": repr(err)}

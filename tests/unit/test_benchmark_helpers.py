@@ -251,6 +251,15 @@ def test_engine_deltas_report_both_threads_busy_shares():
     assert delta["cif_host_ms_per_batch"] is None and delta["cif_late_ms_per_waited_batch"] is None
 
 
+def test_engine_deltas_report_the_garbage_collectors_pauses():
+    before = {"batches": 10, "segments": 40, "gpu_busy_s": 1.0, "gc_pause_s": 0.5, "gc_full_collections": 2}
+    after = {"batches": 30, "segments": 240, "gpu_busy_s": 2.9, "gc_pause_s": 0.8, "gc_full_collections": 3}
+    older = {k: v for k, v in after.items() if not k.startswith("gc_")}
+    [delta, old] = engine_deltas([before, before], [after, older], wall_s=2.0)
+    assert (delta["gc_pause_ms"], delta["gc_full_collections"]) == (300.0, 1)
+    assert (old["gc_pause_ms"], old["gc_full_collections"]) == (None, None)
+
+
 def test_the_mid_batch_wait_in_milliseconds_a_batch():
     before = {"gpu_cif_cover_s": 1.0, "cif_host_s": 0.5, "cif_host_cpu_s": 0.4, "cif_late_s": 0.1}
     after = {"gpu_cif_cover_s": 1.2, "cif_host_s": 0.54, "cif_host_cpu_s": 0.42, "cif_late_s": 0.115}

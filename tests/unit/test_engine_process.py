@@ -39,6 +39,8 @@ def test_transcribes_in_another_process(engine):
     assert call(engine, "ok", "alpha beta").text == "heard ok.wav alpha beta"
     stats = engine.stats()
     assert stats["pid"] == stats["engine_pid"] != os.getpid()
+    # loaded, it froze its objects (gc_pauses.py), and times the collections since
+    assert stats["gc_frozen_objects"] > 0 and stats["gc_collections"] >= 0
 
 
 def test_errors_keep_their_kind_and_message(engine):
