@@ -29,6 +29,7 @@ from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings,
 from asrfleet.engines.funasr.vad_scorer import ScorerClient
 from asrfleet.engines.funasr.vad_scores import Ask, ScoreError, ScoreRequest, Scores, ScoreServer
 from asrfleet.errors import AsrError, BadAudio
+from asrfleet.gc_pauses import freeze_loaded
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def _worker_main(
         else partial(_ask_engine, tasks, results, worker_id, parent)
     )
     preparer = Preparer(settings, ask)
+    freeze_loaded()  # a full collection over torch's objects would stall this worker's requests
     results.put(("ready", worker_id, None, None))
     while True:
         try:

@@ -44,6 +44,7 @@ from multiprocessing.connection import Client, Connection, Listener
 
 from asrfleet.engines.funasr.vad_scores import ScoreError, ScoreRequest, Scores, ScoreServer
 from asrfleet.errors import AsrError
+from asrfleet.gc_pauses import freeze_loaded
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def _scorer_main(vad_dir: str, device: str, address: ScorerAddress, ready: Conne
     model, _ = AutoModel.build_model(model=vad_dir, device=device, disable_update=True, disable_log=True)
     server = ScoreServer(model.encoder, device)
     listener = Listener(address.path, family="AF_UNIX", authkey=address.authkey)
+    freeze_loaded()  # a full collection over torch's objects would stall every worker's VAD
     ready.send("listening")
     ready.close()
     while True:
