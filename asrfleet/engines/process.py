@@ -207,7 +207,6 @@ def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) ->
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    pauses = GcPauses().install()
     module_name, class_name = engine_class.split(":")
     try:
         engine = getattr(importlib.import_module(module_name), class_name)(config)
@@ -220,6 +219,7 @@ def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) ->
         return
     # Before answering: a full collection over the libraries' objects would stop the GPU thread.
     log.debug("froze %d objects after loading", freeze_loaded())
+    pauses = GcPauses().install()  # serving's pauses only, not loading's
     conn.send(("loaded", engine.model_name))
     _Answerer(engine, conn, threads=config.max_queue + 16, pauses=pauses).run()
 
