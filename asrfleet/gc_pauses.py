@@ -12,7 +12,9 @@ or two full collections, pauses came to 84-129 ms, and the GPU idled at most 1 %
 
 `freeze_loaded()` moves everything alive after loading into the permanent generation, which
 no collection walks (`gc.freeze`), so later collections only walk what serving created. Garbage
-is collected first, so none of it is frozen. `GcPauses` counts the collections and times them
+is collected first, so none of it is frozen. The cost: a frozen object that later becomes part of
+unreachable cycles is never freed, which suits what loading leaves (modules, models, the server),
+alive as long as the process. `GcPauses` counts the collections and times them
 through `gc.callbacks`; `as_dict()` goes into an engine's stats.
 """
 
