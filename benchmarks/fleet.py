@@ -51,6 +51,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from asrfleet.config import VAD_SCORES, InstanceConfig
@@ -61,8 +62,22 @@ from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_PORT = 6006  # the launcher's default: instance i listens on BASE_PORT + i
-NGINX_URL = "http://127.0.0.1:8000"  # the launcher's default
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Where the fleet under test listens: the launcher's --base-port and --lb-port (its defaults
+    here; others where those ports are taken, as in CI's smoke run)."""
+
+    base: int = 6006  # instance i listens on base + i
+    lb: int = 8000  # nginx
+
+    def instance(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.base + i}"
+
+    @property
+    def nginx(self) -> str:
+        return f"http://127.0.0.1:{self.lb}"
 
 
 def launcher(*args: str) -> str:
@@ -73,13 +88,9 @@ def launcher(*args: str) -> str:
     return result.stdout
 
 
-def instance_url(i: int) -> str:
-    return f"http://127.0.0.1:{BASE_PORT + i}"
-
-
-def instance_stats(members: list[int]) -> list[dict]:
+def instance_stats(members: list[int], ports: Ports) -> list[dict]:
     """Each instance's engine counters (cumulative), from its readiness probe."""
-    return [load_stats(instance_url(i)) for i in members]
+    return [load_stats(ports.instance(i)) for i in members]
 
 
 def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[dict]:
@@ -167,12 +178,13 @@ def stage_ms(before: dict | None, after: dict | None) -> dict[str, float]:
     return {stage: round(1000 * (after[stage] - before[stage]) / requests, 1) for stage in stages}
 
 
-def graph_counts(members: list[int]) -> list[int]:
-    return [stats.get("cuda_graphs", 0) for stats in instance_stats(members)]
+def graph_counts(members: list[int], ports: Ports) -> list[int]:
+    return [stats.get("cuda_graphs", 0) for stats in instance_stats(members, ports)]
 
 
 def warm_up(
     members: list[int],
+    ports: Ports,
     url: str | list[str],
     recordings: list,
     concurrency: int,
@@ -187,13 +199,13 @@ def warm_up(
     instance's batches alone differ from its batches in the fleet), and each recording costs about
     0.1 s, 1-2 % of a measurement (session 10: 5 to 11 of them during the first measurements alone,
     after the fleet's warm-up)."""
-    first = graph_counts(members)
+    first = graph_counts(members, ports)
     for _ in range(passes):
-        before = graph_counts(members)
+        before = graph_counts(members, ports)
         load.run(url, recordings, [concurrency], api=api, procs=procs)
-        if graph_counts(members) == before:
+        if graph_counts(members, ports) == before:
             break
-    return [after - start for after, start in zip(graph_counts(members), first, strict=True)]
+    return [after - start for after, start in zip(graph_counts(members, ports), first, strict=True)]
 
 
 def warm_up_set(workload: list, users: int, per_client: int) -> list:
@@ -280,6 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audio", type=Path, required=True)
     p.add_argument("--vad-model", type=Path, required=True)
     p.add_argument("--nginx", default="nginx")
+    p.add_argument(
+        "--base-port", type=int, default=Ports.base, help="the launcher's --base-port (instance i on it + i)"
+    )
+    p.add_argument("--lb-port", type=int, default=Ports.lb, help="the launcher's --lb-port (nginx)")
     p.add_argument("--gpus", type=int, required=True)
     p.add_argument("--per-instance-concurrency", type=int, default=32)
     p.add_argument(
@@ -375,9 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     distinct = collect([args.audio])
     recordings = distinct * args.repeat
     run_dir = args.work / "fleet-run"
+    ports = Ports(args.base_port, args.lb_port)
     common = [
         "--run-dir",
         str(run_dir),
+        "--base-port",
+        str(ports.base),
+        "--lb-port",
+        str(ports.lb),
         "--model",
         str(model),
         "--vad-model",
@@ -423,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         users = c * len(members)
         workload = recordings * len(members)
         sent = warm_up_set(workload, users, args.warm_up)
-        graphs = warm_up(members, url, sent, users, args.procs, args.api, passes=3)
+        graphs = warm_up(members, ports, url, sent, users, args.procs, args.api, passes=3)
         for attempt in range(1 + args.retries):
             run = measure_once(config, members, url, users, workload)
             run["warm_up_graphs"] = graphs
@@ -441,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
         start: dict = {}
 
         def started() -> None:  # as the clients start, after their processes have imported
-            start["stats"], start["cpu"] = instance_stats(members), cpu.snapshot()
+            start["stats"], start["cpu"] = instance_stats(members, ports), cpu.snapshot()
             start["at"] = time.time()
 
         measured = load.run(
@@ -456,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         run = {"config": config, "instances": len(members), **measured}
         # when, by the host's clock: to match a profile taken meanwhile (py-spy) to its measurement
         run["unix_time"] = [round(start["at"], 1), round(time.time(), 1)]
-        run["engines"] = engine_deltas(before, instance_stats(members), wall)
+        run["engines"] = engine_deltas(before, instance_stats(members, ports), wall)
         run["cpu_s"] = cpu_used
         run["run_queue_wait_s"] = cpu.waited(cpu_before, cpu_after)
         roles = {role: s for role, s in cpu_used.items() if not role.startswith("host_")}
@@ -465,13 +486,13 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure_alone(members: list[int]) -> None:
         for i in members:
-            measure(f"instance {i} alone (direct)", [i], instance_url(i))
+            measure(f"instance {i} alone (direct)", [i], ports.instance(i))
 
     def measure_fleet(members: list[int]) -> None:
-        measure(f"fleet of {len(members)} via nginx", members, NGINX_URL)
+        measure(f"fleet of {len(members)} via nginx", members, ports.nginx)
         # The same instances at once without nginx, the clients split evenly over their ports:
         # what the fleet loses to sharing the host, apart from what it loses to the nginx hop.
-        measure(f"{len(members)} instances at once (direct)", members, [instance_url(i) for i in members])
+        measure(f"{len(members)} instances at once (direct)", members, [ports.instance(i) for i in members])
 
     everyone = list(range(args.gpus))
     try:
@@ -479,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         result["instance_cpus"] = cpu.placements()
         print(f"CPUs of the instances and nginx's workers: {result['instance_cpus']}", flush=True)
         result["warm_up_graphs"] = warm_up(
-            everyone, NGINX_URL, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
+            everyone, ports, ports.nginx, distinct * args.gpus, c * args.gpus, args.procs, args.api, passes=5
         )
         measure_alone(everyone)
         for _ in range(args.rounds):
@@ -491,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_alone([0, 1])
         if args.gpus >= 2:
             launcher("--instances", "1", *common)
-            measure("1 instance via nginx", [0], NGINX_URL)
+            measure("1 instance via nginx", [0], ports.nginx)
     finally:
         subprocess.run([sys.executable, "launcher.py", "stop", "--run-dir", str(run_dir)], cwd=REPO)
         summarise(result)

@@ -1,9 +1,10 @@
-"""The load generator, run for real against a CPU instance, so that it never rots."""
+"""The benchmarks, run for real on the CPU with small models, so that they never rot."""
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +13,17 @@ import pytest
 
 import media
 from asrfleet.cpus import format_cpu_list
-from procs import REPO
+from procs import REPO, free_ports
 
 pytestmark = pytest.mark.e2e
 
 
-def run_benchmark(module: str, *argv: str, out: Path) -> tuple[subprocess.CompletedProcess, dict]:
+def run_benchmark(
+    module: str, *argv: str, out: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess, dict]:
     """`python -m module argv --out out`, which must succeed; its result and the JSON it wrote."""
     command = [sys.executable, "-m", module, *argv, "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout + result.stderr
     return result, json.loads(out.read_text())
 
@@ -62,3 +65,42 @@ def test_vad_scores_benchmark_smoke(vad_dir, tmp_path):
     cpu = data["worker_cpu_ms_per_recording"]
     assert cpu["network_in_the_worker"] > 0 and cpu["network_in_the_engine"] > 0
     assert data["server"]["chunks"] >= 3
+
+
+def test_fleet_benchmark_smoke(vad_dir, tmp_path):
+    """The fleet benchmark end to end: the real launcher, supervisord, nginx and two CPU instances
+    of the tiny model, every configuration measured, the fleet stopped at the end."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(3):
+        media.write_format(folder, media.conversation(media.ZH_SENTENCES[i : i + 1]), "mp3", f"u{i}")
+    lb_port = free_ports(1)
+    base_port = free_ports(2)
+    while lb_port in (base_port, base_port + 1):
+        lb_port = free_ports(1)
+    argv = [
+        *("--audio", str(folder), "--vad-model", str(vad_dir), "--gpus", "2", "--device", "cpu"),
+        *("--size", "tiny", "--repeat", "1", "--procs", "2", "--per-instance-concurrency", "2"),
+        *("--warm-up", "1", "--retries", "0", "--api", "openai", "--work", str(tmp_path / "work")),
+        *("--base-port", str(base_port), "--lb-port", str(lb_port)),
+    ]
+    result, data = run_benchmark("benchmarks.fleet", *argv, out=tmp_path / "fleet.json", timeout=600)
+
+    alone = ["instance 0 alone (direct)", "instance 1 alone (direct)"]
+    fleet = ["fleet of 2 via nginx", "2 instances at once (direct)"]
+    assert [run["config"] for run in data["runs"]] == [*alone, *fleet, *alone, "1 instance via nginx"]
+    for run in data["runs"]:
+        level = run["levels"][0]
+        assert level["errors"] == 0 and level["requests"] == 3 * run["instances"], run["config"]
+        assert level["rtfx"] > 0 and len(run["engines"]) == run["instances"]
+        assert all(engine["batches"] > 0 and "gc_pause_ms" in engine for engine in run["engines"])
+        assert run["cpu_ms_per_request"]["workers"] > 0
+    assert data["one_instance_rtfx"] > 0
+    assert set(data["speed_ups"]) == {*fleet, "1 instance via nginx"}
+    assert all(speed_up["mean"] > 0 for speed_up in data["speed_ups"].values())
+    assert f"127.0.0.1:{base_port + 1}" in data["runs"][1]["url"]
+    assert "its members alone around it" in result.stdout
+    # The benchmark stopped its fleet: nothing listens on its ports any more.
+    for port in (lb_port, base_port, base_port + 1):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"

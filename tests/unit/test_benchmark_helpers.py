@@ -284,10 +284,10 @@ def test_warm_up_repeats_while_a_pass_records_a_new_graph(monkeypatch):
 
     # at the start; before and after pass 1 (a graph recorded); before and after pass 2; at the end
     counts = iter([[5, 5], [5, 5], [7, 5], [7, 5], [7, 5], [7, 5]])
-    monkeypatch.setattr(fleet, "graph_counts", lambda members: next(counts))
+    monkeypatch.setattr(fleet, "graph_counts", lambda members, ports: next(counts))
     passes = []
     monkeypatch.setattr(fleet.load, "run", lambda *a, **k: passes.append(a))
-    assert fleet.warm_up([0, 1], "url", [], 4, 1, "openai", passes=3) == [2, 0]
+    assert fleet.warm_up([0, 1], fleet.Ports(), "url", [], 4, 1, "openai", passes=3) == [2, 0]
     assert len(passes) == 2
 
 
@@ -295,10 +295,10 @@ def test_warm_up_stops_after_its_passes_even_while_graphs_are_recorded(monkeypat
     from benchmarks import fleet
 
     graphs = iter(range(100))
-    monkeypatch.setattr(fleet, "graph_counts", lambda members: [next(graphs)])
+    monkeypatch.setattr(fleet, "graph_counts", lambda members, ports: [next(graphs)])
     passes = []
     monkeypatch.setattr(fleet.load, "run", lambda *a, **k: passes.append(a))
-    fleet.warm_up([0], "url", [], 4, 1, "openai", passes=3)
+    fleet.warm_up([0], fleet.Ports(), "url", [], 4, 1, "openai", passes=3)
     assert len(passes) == 3
 
 
