@@ -231,10 +231,10 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         choices=VAD_SCORES,
         default=d.vad_scores,
         help="where FSMN-VAD's network runs (paraformer): in each audio worker on the CPU (the "
-        "default); batched on the instance's device in the engine process (engine: slower on the 4x "
-        "H200 host, benchmarks/results/README.md, session 13) or in a process of its own (process: "
-        "a fleet scales better, one instance alone about 5 %% slower, session 16); both take a third "
-        "of the CPU a request off the workers",
+        "default); or batched on the instance's device, in the engine process (engine) or in a "
+        "process of its own (process). Both take a third of the CPU a request off the workers, but "
+        "their round trips cost about as much, and one instance ran 19 %% and 7 %% slower "
+        "(benchmarks/results/README.md, session 27)",
     )
     g.add_argument(
         "--gpu-memory-share",
