@@ -56,6 +56,7 @@ from pathlib import Path
 
 from asrfleet.config import VAD_SCORES, InstanceConfig
 from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list
+from asrfleet.fleet.plan import FleetOptions
 from benchmarks import cpu, load
 from benchmarks.one_gpu import build_model, load_stats
 from benchmarks.servers import exit_on_sigterm
@@ -69,8 +70,8 @@ class Ports:
     """Where the fleet under test listens: the launcher's --base-port and --lb-port (its defaults
     here; others where those ports are taken, as in CI's smoke run)."""
 
-    base: int = 6006  # instance i listens on base + i
-    lb: int = 8000  # nginx
+    base: int = FleetOptions.base_port  # instance i listens on base + i
+    lb: int = FleetOptions.lb_port  # nginx
 
     def instance(self, i: int) -> str:
         return f"http://127.0.0.1:{self.base + i}"
