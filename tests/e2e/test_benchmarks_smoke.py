@@ -74,10 +74,8 @@ def test_fleet_benchmark_smoke(vad_dir, tmp_path):
     folder.mkdir()
     for i in range(3):
         media.write_format(folder, media.conversation(media.ZH_SENTENCES[i : i + 1]), "mp3", f"u{i}")
-    lb_port = free_ports(1)
-    base_port = free_ports(2)
-    while lb_port in (base_port, base_port + 1):
-        lb_port = free_ports(1)
+    base_port = free_ports(3)  # the two instances, then nginx
+    lb_port = base_port + 2
     argv = [
         *("--audio", str(folder), "--vad-model", str(vad_dir), "--gpus", "2", "--device", "cpu"),
         *("--size", "tiny", "--repeat", "1", "--procs", "2", "--per-instance-concurrency", "2"),
