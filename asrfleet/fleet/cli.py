@@ -13,6 +13,7 @@ from asrfleet.fleet import commands, state
 from asrfleet.fleet.commands import LaunchError, SshOptions
 from asrfleet.fleet.gpus import parse_gpu_list
 from asrfleet.fleet.plan import FleetOptions
+from asrfleet.fleet.spec import DEFAULT_HOST, DEFAULT_LB_PORT
 
 COMMANDS = ("up", "status", "stop", "restart", "logs", "transcribe")
 
@@ -58,15 +59,18 @@ def _common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 def _up_parser(p: argparse.ArgumentParser) -> None:
     _common(p)
+    d = FleetOptions()  # the defaults live there, once
     g = p.add_argument_group("fleet")
     g.add_argument("--instances", type=int, default=None, help="default: one per GPU (or 1 without GPUs)")
     g.add_argument("--gpus", default=None, help="use only these GPUs, e.g. 0,2")
-    g.add_argument("--per-gpu", type=int, default=1, help="instances per GPU (they share its memory)")
-    g.add_argument("--base-port", type=int, default=6006, help="instance i listens on base-port + i")
-    g.add_argument("--lb-host", default="127.0.0.1", help="nginx listens here; 0.0.0.0 faces the network")
-    g.add_argument("--lb-port", type=int, default=8000)
-    g.add_argument("--nginx", default="nginx", help="the nginx binary")
-    g.add_argument("--ready-timeout", type=float, default=900.0, help="seconds to wait for the models")
+    g.add_argument("--per-gpu", type=int, default=d.per_gpu, help="instances per GPU (they share its memory)")
+    g.add_argument("--base-port", type=int, default=d.base_port, help="instance i listens on base-port + i")
+    g.add_argument("--lb-host", default=d.lb_host, help="nginx listens here; 0.0.0.0 faces the network")
+    g.add_argument("--lb-port", type=int, default=d.lb_port)
+    g.add_argument("--nginx", default=d.nginx, help="the nginx binary")
+    g.add_argument(
+        "--ready-timeout", type=float, default=d.ready_timeout_s, help="seconds to wait for the models"
+    )
     g.add_argument(
         "--no-pin-cpus",
         action="store_true",
@@ -75,7 +79,7 @@ def _up_parser(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--nginx-cores",
         type=int,
-        default=0,
+        default=d.nginx_cores,
         help="keep the host's last N cores for nginx alone, out of the instances' blocks "
         "(default: 0; one was measured slower than none: benchmarks/results/README.md, session 22)",
     )
@@ -136,7 +140,7 @@ def _local_fleet_url(run_dir: Path) -> str:
     """The nginx of the fleet started from this run directory, else the default address."""
     spec = state.load(run_dir)
     if spec is None:
-        return "http://127.0.0.1:8000"
+        return f"http://{DEFAULT_HOST}:{DEFAULT_LB_PORT}"
     host = "127.0.0.1" if spec.lb_host in ("0.0.0.0", "::") else spec.lb_host
     return f"http://{host}:{spec.lb_port}"
 
