@@ -3,6 +3,9 @@ workload side by side; then a 3-hour recording's peak GPU memory, and fp16 again
 
     python -m benchmarks.one_gpu --audio DIR --long FILE --vad-model DIR --out benchmarks/results/one_gpu.json
 
+With --warm-up N, ours records its CUDA graphs before it is measured; with --repeat N, its top
+level sends the workload N times, long enough to measure at thousands of times real time.
+
 Paraformer-large is built at its real sizes with FunASR's own classes and random weights (its
 compute per audio second is the real model's); VAD is FunASR's real fsmn-vad. ct-punc's real
 configuration could not be established, so punctuation is left out on both sides.
@@ -13,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import limit, load
@@ -51,11 +56,36 @@ def instance_args(model: Path, vad: Path, port: int, device: str, fp16: bool, na
     return args + (["--fp16"] if fp16 else [])
 
 
+@dataclass(frozen=True)
+class Ports:
+    """Where each server of a run listens: ours on `base`, then the others above it."""
+
+    base: int = 6006
+
+    @property
+    def ours(self) -> int:
+        return self.base
+
+    @property
+    def long(self) -> int:
+        return self.base + 1
+
+    @property
+    def in_process(self) -> int:
+        return self.base + 2
+
+    @property
+    def baseline(self) -> int:
+        return self.base + 3
+
+
 def throughput(
     args, model: Path, utterances: list[Recording], mixed: list[Recording], logs: Path, out: dict
 ) -> None:
     """Fills `out` as it goes, so that a run cut short keeps what it measured."""
     levels = [int(c) for c in args.concurrency.split(",")]
+    top = max(levels)
+    ports = Ports(args.base_port)
     device = "cuda:0" if args.device == "cuda" else "cpu"
     out["limit"] = limit.measure(str(model), utterances, batch=128, device=device)
     print("limit:", out["limit"], flush=True)
@@ -63,7 +93,7 @@ def throughput(
         "-m",
         "benchmarks.baseline_app",
         "--port",
-        "7860",
+        str(ports.baseline),
         "--model",
         str(model),
         "--vad-model",
@@ -71,23 +101,67 @@ def throughput(
         "--device",
         device,
     ]
-    with server(baseline, 7860, logs / "baseline.log", "/config") as url:
+    with server(baseline, ports.baseline, logs / "baseline.log", "/config") as url:
+        # It has no CUDA graphs to record: a request a client warms it up.
+        warm_up(url, utterances, top, min(args.warm_up, 1), "gradio", args.procs)
         out["baseline"] = load.run(url, utterances, levels, procs=args.procs, label="baseline")
-    ours = instance_args(model, args.vad_model, 6006, args.device, args.fp16, "asr-bench")
-    with server(ours, 6006, logs / "instance.log", "/readyz") as url:
-        out["ours"] = load.run(url, utterances, levels, procs=args.procs, label="ours")
-        out["ours_openai_api"] = load.run(
-            url, utterances, [max(levels)], api="openai", procs=args.procs, label="ours /v1"
-        )
-        out["ours_mixed"] = load.run(url, mixed, [max(levels)], procs=args.procs, label="ours mixed")
+    ours = instance_args(model, args.vad_model, ports.ours, args.device, args.fp16, "asr-bench")
+    with server(ours, ports.ours, logs / "instance.log", "/readyz") as url:
+        out["warm_up_graphs"] = warm_up(url, utterances, top, args.warm_up, "openai", args.procs)
+        out["ours"] = measured(url, utterances, levels, args, "gradio", "ours")
+        out["ours_openai_api"] = measured(url, utterances, [top], args, "openai", "ours /v1")
+        out["ours_mixed"] = measured(url, mixed, [top], args, "gradio", "ours mixed")
         out["instance_stats"] = load_stats(url)
     if args.compare_in_process:  # the same instance with its engine inside the web process
-        in_process = instance_args(model, args.vad_model, 6008, args.device, args.fp16, "asr-inproc")
-        with server([*in_process, "--in-process"], 6008, logs / "instance-in-process.log", "/readyz") as url:
-            out["ours_in_process"] = load.run(
-                url, utterances, [max(levels)], procs=args.procs, label="ours, engine in the web process"
+        in_process = instance_args(
+            model, args.vad_model, ports.in_process, args.device, args.fp16, "asr-inproc"
+        )
+        with server(
+            [*in_process, "--in-process"], ports.in_process, logs / "instance-in-process.log", "/readyz"
+        ) as url:
+            warm_up(url, utterances, top, args.warm_up, "openai", args.procs)
+            out["ours_in_process"] = measured(
+                url, utterances, [top], args, "gradio", "ours, engine in the web process"
             )
     out["summary"] = summarize(out)
+
+
+def warm_up(
+    url: str, workload: list[Recording], concurrency: int, per_client: int, api: str, procs: int
+) -> int:
+    """Send `per_client` requests for each of `concurrency` clients, uncounted, taken in order from
+    the workload (repeated as needed); the CUDA graphs the server recorded meanwhile."""
+    if per_client < 1:
+        return 0
+    count = per_client * concurrency
+    sent = (workload * math.ceil(count / len(workload)))[:count]
+    before = graph_count(url)
+    load.run(url, sent, [concurrency], api=api, procs=procs, label="warm-up")
+    return graph_count(url) - before
+
+
+def measured(url: str, workload: list[Recording], levels: list[int], args, api: str, label: str) -> dict:
+    """`load.run` level by level; at the top level the workload goes `args.repeat` times (at
+    2 000x real time one pass of 320 utterances lasts well under a second, too short to measure a
+    steady state), below it once. Each level says how many CUDA graphs the server recorded during
+    it: each recording stalls the GPU thread about 0.1 s."""
+    top = max(levels)
+    result: dict = {}
+    for concurrency in levels:
+        sent = workload * (args.repeat if concurrency == top else 1)
+        before = graph_count(url)
+        run = load.run(url, sent, [concurrency], api=api, procs=args.procs, label=label)
+        run["levels"][0]["graphs_recorded"] = graph_count(url) - before
+        if result:
+            result["levels"] += run["levels"]
+        else:
+            result = {**run, "files": len(workload), "audio_s": round(total_s(workload), 2)}
+    result["repeat_at_top"] = args.repeat
+    return result
+
+
+def graph_count(url: str) -> int:
+    return load_stats(url).get("cuda_graphs", 0)
 
 
 def summarize(out: dict) -> dict:
@@ -131,9 +205,10 @@ def long_recording(args, model: Path, logs: Path, work: Path) -> dict:
     repeats = int(np.ceil(hours * 3600 * 16000 / samples.size))
     path = write_wav(work / f"long-{hours}h.wav", np.tile(samples, repeats)[: int(hours * 3600 * 16000)])
     recording = [Recording(path, hours * 3600)]
-    ours = instance_args(model, args.vad_model, 6007, args.device, True, "asr-long")
+    port = Ports(args.base_port).long
+    ours = instance_args(model, args.vad_model, port, args.device, True, "asr-long")
     ours += ["--max-duration", str(hours * 3600 + 60), "--max-file-size", "4g"]
-    with server(ours, 6007, logs / "instance-long.log", "/readyz") as url:
+    with server(ours, port, logs / "instance-long.log", "/readyz") as url:
         started = time.perf_counter()
         result = load.run(url, recording, [1], procs=1, label=f"{hours} h recording")
         result["wall_s"] = round(time.perf_counter() - started, 1)
@@ -224,12 +299,34 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compare-in-process", action="store_true", help="also measure the engine in the web process"
     )
+    p.add_argument(
+        "--warm-up",
+        type=int,
+        default=0,
+        help="requests a client sends to ours, uncounted, at the top concurrency before its "
+        "measurements, while it records its CUDA graphs (the baseline gets one a client)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="at the top concurrency, ours sends the workload this many times",
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=Ports.base,
+        help="ours listens on it; the long recording's instance, the engine-in-process one and the "
+        "baseline on the next three",
+    )
     p.add_argument("--long-hours", type=float, default=3.0)
     p.add_argument("--parts", default="throughput,precision,long", help="which parts to run")
     p.add_argument("--precision-files", type=int, default=200)
     p.add_argument("--work", type=Path, default=Path("/tmp/asr-bench"))
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
+    if args.repeat < 1 or args.warm_up < 0:
+        p.error("--repeat must be at least 1 and --warm-up at least 0")
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     args.work.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,40 @@ def test_load_generator_smoke(paraformer_instance, tmp_path, api):
     assert "c=  3" in result.stdout
 
 
+def test_one_gpu_benchmark_smoke(vad_dir, tmp_path):
+    """The one-GPU benchmark's throughput part on the CPU with the tiny model: the limit, the
+    blog-style baseline and ours, each server warmed up, the top level sent twice."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(3):
+        media.write_format(folder, media.conversation(media.ZH_SENTENCES[i : i + 1]), "mp3", f"u{i}")
+    long = media.write_format(tmp_path, media.conversation(media.ZH_SENTENCES[:3]), "mp3", "long")
+    base_port = free_ports(4)
+    argv = [
+        *("--audio", str(folder), "--long", str(long), "--vad-model", str(vad_dir), "--device", "cpu"),
+        *("--size", "tiny", "--parts", "throughput", "--concurrency", "1,2", "--procs", "1"),
+        *("--warm-up", "1", "--repeat", "2", "--base-port", str(base_port), "--work", str(tmp_path / "work")),
+    ]
+    result, data = run_benchmark("benchmarks.one_gpu", *argv, out=tmp_path / "one_gpu.json", timeout=600)
+
+    runs = data["throughput"]
+    assert [level["requests"] for level in runs["baseline"]["levels"]] == [3, 3]
+    assert [level["requests"] for level in runs["ours"]["levels"]] == [3, 6]  # the top level twice
+    assert [level["requests"] for level in runs["ours_openai_api"]["levels"]] == [6]
+    assert [level["requests"] for level in runs["ours_mixed"]["levels"]] == [2 * (3 + 2)]
+    for run in ("baseline", "ours", "ours_openai_api", "ours_mixed"):
+        assert all(level["errors"] == 0 and level["rtfx"] > 0 for level in runs[run]["levels"]), run
+    assert all(level["graphs_recorded"] == 0 for level in runs["ours"]["levels"])  # none on the CPU
+    assert runs["warm_up_graphs"] == 0 and runs["ours"]["repeat_at_top"] == 2
+    summary = runs["summary"]
+    assert summary["limit_rtfx"] > 0 and summary["baseline_rtfx"] == runs["baseline"]["levels"][-1]["rtfx"]
+    assert summary["ours_openai_api"]["vs_baseline"] > 0 and summary["ours"]["vs_limit"] > 0
+    assert "the baseline" in result.stdout
+    for port in range(base_port, base_port + 4):  # every server it started is stopped
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still answers"
+
+
 def test_vad_scores_benchmark_smoke(vad_dir, tmp_path):
     """The VAD network in the engine against in the worker, on the CPU: the same segments."""
     folder = tmp_path / "audio"
