@@ -46,12 +46,20 @@ _TRUNCATION_TOLERANCE = 0.9
 _TRUNCATION_SLACK_S = 0.5
 # Below this peak amplitude (about -80 dBFS) a recording is digital silence.
 _SILENCE_PEAK = 1e-4
+# PyAV before 19 decodes a container's tags strictly unless told otherwise, so one tag in another
+# encoding failed the whole file; 19 decodes them leniently itself and no longer takes the option.
+_PYAV_MAJOR = int(av.__version__.split(".", 1)[0])
+_OPEN_OPTIONS: dict[str, str] = {"metadata_errors": "ignore"} if _PYAV_MAJOR < 19 else {}
 
 
 @dataclass(frozen=True)
 class AudioLimits:
     max_bytes: int
     max_duration_s: float
+
+
+def open_input(path: str | Path) -> av.container.InputContainer:
+    return av.open(str(path), **_OPEN_OPTIONS)
 
 
 def check_file_size(path: str | Path, max_bytes: int) -> int:
@@ -72,7 +80,7 @@ def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
     check_file_size(path, limits.max_bytes)
     _check_wav_complete(path)
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_input(path) as container:
             return _decode_container(container, limits)
     except av.FFmpegError as err:
         raise BadAudio(
@@ -140,7 +148,7 @@ def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> lis
 def probe_duration(path: str | Path) -> float | None:
     """Seconds of audio from the container's header, without decoding; None if unreadable."""
     try:
-        with av.open(str(path), metadata_errors="ignore") as container:
+        with open_input(path) as container:
             if not container.streams.audio:
                 return None
             return _declared_duration(container, container.streams.audio[0])

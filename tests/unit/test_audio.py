@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import av
 import numpy as np
 import pytest
@@ -123,3 +125,19 @@ def test_other_rates_and_stereo_go_through_the_resampler(tmp_path, speech):
         with av.open(str(path)) as container:
             frame = next(container.decode(audio=0))
         assert audio.direct_samples(frame) is None
+
+
+def _with_latin1_title(wav: bytes) -> bytes:
+    """The WAV with a LIST/INFO title in Latin-1 ("Réunion"), as some recorders write it."""
+    title = "Réunion d'équipe".encode("latin-1") + b"\0"
+    info = b"INFO" + b"INAM" + struct.pack("<I", len(title)) + title
+    chunk = b"LIST" + struct.pack("<I", len(info)) + info
+    body = wav[12:] + chunk
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WAVE" + body
+
+
+def test_a_tag_in_another_encoding_does_not_fail_the_file(tmp_path, speech):
+    path = media.write_audio(tmp_path / "meeting.wav", speech)
+    path.write_bytes(_with_latin1_title(path.read_bytes()))
+    assert decode_audio(path, LIMITS).size == speech.size
+    assert audio.probe_duration(path) == pytest.approx(speech.size / 16000)
