@@ -55,6 +55,10 @@ class FleetOptions:
     pin_cpus: bool = True  # each GPU slot's instance on its own block of cores
     nginx_cores: int = 0  # the host's last cores kept for nginx alone (with pin_cpus)
 
+    def slots(self, gpus: list[Gpu]) -> int:
+        """Instances these GPUs can hold: `per_gpu` on each."""
+        return len(gpus) * self.per_gpu
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -70,7 +74,7 @@ def plan_fleet(
     run_dir = opts.run_dir.resolve()
     nginx_cpus: frozenset[int] = frozenset()
     if gpus and opts.instance.device != "cpu":
-        cores, nginx_cpus, kept = _nginx_cores(opts, cores, len(gpus) * opts.per_gpu)
+        cores, nginx_cpus, kept = _nginx_cores(opts, cores, opts.slots(gpus))
         configs, warnings = _gpu_configs(opts, gpus, cores)
         warnings = kept + warnings
     else:
@@ -97,7 +101,7 @@ def plan_fleet(
 
 
 def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cores: list[Core]) -> tuple[list, list[str]]:
-    slots = len(gpus) * opts.per_gpu
+    slots = opts.slots(gpus)
     count = opts.instances or slots
     if count > slots:
         raise PlanError(
@@ -157,7 +161,7 @@ def _cpu_shares(
     """Each GPU slot's block of cores (`asrfleet/cpus.py` says why), or None: every instance on
     every CPU. Per slot, not per instance, so that growing or shrinking a fleet leaves the
     instances that stay as they are (a changed command line would restart them)."""
-    slots = len(gpus) * opts.per_gpu
+    slots = opts.slots(gpus)
     if not opts.pin_cpus:
         return None, []
     near, warnings = _near_shares(gpus, cores, opts.per_gpu)
