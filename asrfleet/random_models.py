@@ -155,19 +155,42 @@ def _save(model: torch.nn.Module, out: Path) -> None:
     torch.save(model.state_dict(), out / "model.pt")
 
 
-def build_paraformer(out: Path | str, size: str = "tiny", seed: int = 0) -> Path:
-    """Write a BiCifParaformer model directory (config.yaml, model.pt, tokens.json, am.mvn)."""
+def _without_timestamps(config: dict) -> dict:
+    """Plain Paraformer: the same encoder, predictor and decoder without BiCifParaformer's
+    timestamp head (its predictor's upsampling and LSTM), as FunASR's `paraformer` template."""
+    conf = config["predictor_conf"]
+    kept = ("idim", "threshold", "l_order", "r_order", "tail_threshold")
+    return {
+        **config,
+        "model": "Paraformer",
+        "predictor": "CifPredictorV2",
+        "predictor_conf": {key: conf[key] for key in kept},
+    }
+
+
+MODEL_CLASSES = ("BiCifParaformer", "Paraformer")
+
+
+def build_paraformer(
+    out: Path | str, size: str = "tiny", seed: int = 0, model_class: str = "BiCifParaformer"
+) -> Path:
+    """Write a Paraformer model directory (config.yaml, model.pt, tokens.json, am.mvn):
+    BiCifParaformer, as Paraformer-large is published, or plain Paraformer (`MODEL_CLASSES`)."""
     import funasr  # noqa: F401  (registers FunASR's model classes)
 
+    if model_class not in MODEL_CLASSES:
+        raise ValueError(f"model_class must be one of {MODEL_CLASSES}, not {model_class!r}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dims = PARAFORMER_SIZES[size]
     config = _paraformer_config(dims)
+    if model_class == "Paraformer":
+        config = _without_timestamps(config)
     vocab = _vocabulary(dims.vocab)
     (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     (out / "tokens.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     _write_cmvn(out / "am.mvn", 560)
-    _save(_build("BiCifParaformer", config, vocab, seed), out)
+    _save(_build(model_class, config, vocab, seed), out)
     return out
 
 

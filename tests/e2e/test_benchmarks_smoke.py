@@ -49,6 +49,22 @@ def test_load_generator_smoke(paraformer_instance, tmp_path, api):
     assert "c=  3" in result.stdout
 
 
+@pytest.mark.parametrize("model_class", ["BiCifParaformer", "Paraformer"])
+def test_limit_benchmark_smoke(tmp_path, model_class):
+    """The limit alone, on the CPU with the tiny model of either class, timed over two passes."""
+    folder = tmp_path / "audio"
+    folder.mkdir()
+    for i in range(3):
+        media.write_format(folder, media.conversation(media.ZH_SENTENCES[i : i + 1]), "mp3", f"u{i}")
+    argv = ["--audio", str(folder), "--limit", "2", "--passes", "2", "--batch", "2", "--size", "tiny"]
+    argv += ["--model-class", model_class, "--device", "cpu", "--work", str(tmp_path / "models")]
+    _, data = run_benchmark("benchmarks.limit", *argv, out=tmp_path / "limit.json")
+    assert data["model"].startswith(f"{model_class}, ") and data["files"] == 2
+    assert len(data["passes"]) == 2 and data["rtfx"] == data["passes"][0]["rtfx"] > 0
+    config = (tmp_path / "models" / f"{model_class.lower()}-tiny" / "config.yaml").read_text()
+    assert f"model: {model_class}\n" in config
+
+
 def test_one_gpu_benchmark_smoke(vad_dir, tmp_path):
     """The one-GPU benchmark's throughput part on the CPU with the tiny model: the limit, the
     blog-style baseline and ours, each server warmed up, the top level sent twice."""

@@ -480,7 +480,7 @@ def test_a_measurements_warm_up_sends_so_many_requests_a_client_from_its_own_wor
 
 
 @pytest.mark.parametrize(
-    "module", ["baseline_app", "fleet", "host_cpus", "load", "one_gpu", "plot", "recognizer"]
+    "module", ["baseline_app", "fleet", "host_cpus", "limit", "load", "one_gpu", "plot", "recognizer"]
 )
 def test_every_benchmark_s_command_line_builds(module, capsys):
     """Each command line is built only when run on a GPU host: build it here, where a clash of two
