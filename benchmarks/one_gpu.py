@@ -21,17 +21,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from asrfleet.random_models import MODEL_CLASSES
 from benchmarks import limit, load
 from benchmarks.servers import exit_on_sigterm, server
 from benchmarks.workload import Recording, collect, total_s, write_wav
 
 
-def build_model(work: Path, size: str) -> Path:
+def build_model(work: Path, size: str, model_class: str = MODEL_CLASSES[0]) -> Path:
     from asrfleet.random_models import build_paraformer
 
-    folder = work / f"paraformer-{size}"
+    # BiCifParaformer keeps the folder name it has always had, where earlier runs built it.
+    name = "paraformer" if model_class == MODEL_CLASSES[0] else model_class.lower()
+    folder = work / f"{name}-{size}"
     if not (folder / "model.pt").exists():
-        build_paraformer(folder, size=size)
+        build_paraformer(folder, size=size, model_class=model_class)
     return folder
 
 
@@ -295,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=4)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--size", choices=("large", "tiny"), default="large")
+    p.add_argument(
+        "--model-class",
+        choices=MODEL_CLASSES,
+        default=MODEL_CLASSES[0],
+        help="BiCifParaformer (Paraformer-large as published, with timestamps) or plain Paraformer",
+    )
     p.add_argument("--fp16", action="store_true")
     p.add_argument(
         "--compare-in-process", action="store_true", help="also measure the engine in the web process"
@@ -332,13 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     logs = args.out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.work, args.size)
+    model = build_model(args.work, args.size, args.model_class)
     utterances = collect([args.audio], args.limit)
     mixed = utterances + collect([args.long]) * 2
     result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     hardware = load.hardware()
     result.update(
-        model=f"Paraformer-large architecture ({args.size}), random weights",
+        model=f"{args.model_class}, Paraformer-large architecture ({args.size}), random weights",
         dtype="fp16" if args.fp16 else "fp32",
         punctuation="none (both sides)",
     )
