@@ -194,6 +194,16 @@ def build_paraformer(
     return out
 
 
+def built_paraformer(work: Path | str, size: str, model_class: str = MODEL_CLASSES[0]) -> Path:
+    """The model of this size and class under `work`, built there the first time it is asked for.
+    Each class has a folder of its own; BiCifParaformer's keeps the name earlier runs gave it."""
+    suffix = "" if model_class == MODEL_CLASSES[0] else f"-{model_class.lower()}"
+    folder = Path(work) / f"paraformer-{size}{suffix}"
+    if not (folder / "model.pt").exists():
+        build_paraformer(folder, size=size, model_class=model_class)
+    return folder
+
+
 def build_ct_punc(out: Path | str, vocab_size: int = 600, seed: int = 0) -> Path:
     """Write a small CT-Transformer punctuation model directory (FunASR's template layout)."""
     import funasr  # noqa: F401

@@ -57,8 +57,9 @@ from pathlib import Path
 from asrfleet.config import VAD_SCORES, InstanceConfig
 from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list
 from asrfleet.fleet.plan import FleetOptions
+from asrfleet.random_models import built_paraformer
 from benchmarks import cpu, load
-from benchmarks.one_gpu import build_model, load_stats
+from benchmarks.one_gpu import load_stats
 from benchmarks.servers import exit_on_sigterm
 from benchmarks.workload import collect, total_s
 
@@ -388,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             p.error(str(err))
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    model = build_model(args.work, args.size)
+    model = built_paraformer(args.work, args.size)
     distinct = collect([args.audio])
     recordings = distinct * args.repeat
     run_dir = args.work / "fleet-run"

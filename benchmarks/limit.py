@@ -72,7 +72,7 @@ def _timed(run, on_gpu: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asrfleet.random_models import MODEL_CLASSES, build_paraformer
+    from asrfleet.random_models import MODEL_CLASSES, built_paraformer
     from benchmarks.load import hardware
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.limit", description=__doc__.split("\n\n")[0])
@@ -88,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.passes < 1 or args.batch < 1:
         p.error("--passes and --batch must be at least 1")
-    folder = args.work / f"{args.model_class.lower()}-{args.size}"
-    if not (folder / "model.pt").exists():
-        build_paraformer(folder, size=args.size, model_class=args.model_class)
+    folder = built_paraformer(args.work, args.size, args.model_class)
     recordings = collect([args.audio], args.limit)
     result = {
         "hardware": hardware(),

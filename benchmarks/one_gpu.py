@@ -21,21 +21,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrfleet.random_models import MODEL_CLASSES
+from asrfleet.random_models import MODEL_CLASSES, built_paraformer
 from benchmarks import limit, load
 from benchmarks.servers import exit_on_sigterm, server
 from benchmarks.workload import Recording, collect, total_s, write_wav
-
-
-def build_model(work: Path, size: str, model_class: str = MODEL_CLASSES[0]) -> Path:
-    from asrfleet.random_models import build_paraformer
-
-    # BiCifParaformer keeps the folder name it has always had, where earlier runs built it.
-    name = "paraformer" if model_class == MODEL_CLASSES[0] else model_class.lower()
-    folder = work / f"{name}-{size}"
-    if not (folder / "model.pt").exists():
-        build_paraformer(folder, size=size, model_class=model_class)
-    return folder
 
 
 def instance_args(model: Path, vad: Path, port: int, device: str, fp16: bool, name: str) -> list[str]:
@@ -341,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     logs = args.out.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    model = build_model(args.work, args.size, args.model_class)
+    model = built_paraformer(args.work, args.size, args.model_class)
     utterances = collect([args.audio], args.limit)
     mixed = utterances + collect([args.long]) * 2
     result: dict = json.loads(args.out.read_text()) if args.out.exists() else {}

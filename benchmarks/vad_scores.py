@@ -25,8 +25,8 @@ import numpy as np
 from asrfleet.audio import AudioLimits
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
 from asrfleet.engines.funasr.vad_scores import ScoreServer
+from asrfleet.random_models import built_paraformer
 from benchmarks import load
-from benchmarks.one_gpu import build_model
 from benchmarks.workload import collect
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> dict:
 
     recordings = [r.path for r in collect([args.audio], args.limit)]
     settings = PrepareSettings(
-        asr_dir=str(build_model(args.work, "tiny")),  # only its frontend is used: any size will do
+        asr_dir=str(built_paraformer(args.work, "tiny")),  # only its frontend is used: any size will do
         vad_dir=str(args.vad_model),
         limits=AudioLimits(2**31, 36000.0),
     )
