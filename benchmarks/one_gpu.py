@@ -3,8 +3,9 @@ workload side by side; then a 3-hour recording's peak GPU memory, and fp16 again
 
     python -m benchmarks.one_gpu --audio DIR --long FILE --vad-model DIR --out benchmarks/results/one_gpu.json
 
-With --warm-up N, ours records its CUDA graphs before it is measured; with --repeat N, its top
-level sends the workload N times, long enough to measure at thousands of times real time.
+With --warm-up N, each of ours' levels is warmed up first (its CUDA graphs recorded before it is
+measured); with --repeat N, its top level sends the workload N times, long enough to measure at
+thousands of times real time.
 
 Paraformer-large is built at its real sizes with FunASR's own classes and random weights (its
 compute per audio second is the real model's); VAD is FunASR's real fsmn-vad. ct-punc's real
@@ -99,7 +100,6 @@ def throughput(
         out["baseline"] = load.run(url, utterances, levels, procs=args.procs, label="baseline")
     ours = instance_args(model, args.vad_model, ports.ours, args.device, args.fp16, "asr-bench")
     with server(ours, ports.ours, logs / "instance.log", "/readyz") as url:
-        out["warm_up_graphs"] = warm_up(url, utterances, top, args.warm_up, "openai", args.procs)
         out["ours"] = measured(url, utterances, levels, args, "gradio", "ours")
         out["ours_openai_api"] = measured(url, utterances, [top], args, "openai", "ours /v1")
         out["ours_mixed"] = measured(url, mixed, [top], args, "gradio", "ours mixed")
@@ -111,7 +111,6 @@ def throughput(
         with server(
             [*in_process, "--in-process"], ports.in_process, logs / "instance-in-process.log", "/readyz"
         ) as url:
-            warm_up(url, utterances, top, args.warm_up, "openai", args.procs)
             out["ours_in_process"] = measured(
                 url, utterances, [top], args, "gradio", "ours, engine in the web process"
             )
@@ -133,17 +132,20 @@ def warm_up(
 
 
 def measured(url: str, workload: list[Recording], levels: list[int], args, api: str, label: str) -> dict:
-    """`load.run` level by level; at the top level the workload goes `args.repeat` times (at
-    2 000x real time one pass of 320 utterances lasts well under a second, too short to measure a
-    steady state), below it once. Each level says how many CUDA graphs the server recorded during
-    it: each recording stalls the GPU thread about 0.1 s."""
+    """`load.run` level by level, each after its own warm-up (`args.warm_up` requests a client at
+    its concurrency through its API, uncounted: each level meets batch shapes of its own, and
+    recording a CUDA graph stalls the GPU thread about 0.1 s). At the top level the workload goes
+    `args.repeat` times (at 2 000x real time one pass of 320 utterances lasts well under a second,
+    too short to measure a steady state), below it once. Each level says how many graphs the
+    server recorded in its warm-up and during it."""
     top = max(levels)
     result: dict = {}
     for concurrency in levels:
+        warmed = warm_up(url, workload, concurrency, args.warm_up, api, args.procs)
         sent = workload * (args.repeat if concurrency == top else 1)
         before = graph_count(url)
         run = load.run(url, sent, [concurrency], api=api, procs=args.procs, label=label)
-        run["levels"][0]["graphs_recorded"] = graph_count(url) - before
+        run["levels"][0].update(warm_up_graphs=warmed, graphs_recorded=graph_count(url) - before)
         if result:
             result["levels"] += run["levels"]
         else:
@@ -301,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         "--warm-up",
         type=int,
         default=0,
-        help="requests a client sends to ours, uncounted, at the top concurrency before its "
-        "measurements, while it records its CUDA graphs (the baseline gets one a client)",
+        help="requests a client sends to ours, uncounted, before each level at its concurrency, while "
+        "it records its CUDA graphs (the baseline gets one a client, once)",
     )
     p.add_argument(
         "--repeat",
