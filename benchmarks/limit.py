@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def measure(
     return result
 
 
-def _timed(run, on_gpu: bool) -> float:
+def _timed(run: Callable[[], object], on_gpu: bool) -> float:
     import torch
 
     if on_gpu:
