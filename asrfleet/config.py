@@ -234,7 +234,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         "default); or batched on the instance's device, in the engine process (engine) or in a "
         "process of its own (process). Both take a third of the CPU a request off the workers, but "
         "their round trips cost about as much, and one instance ran 19 %% and 7 %% slower "
-        "(benchmarks/results/README.md, session 27)",
+        "(benchmarks/results/sessions.md, session 27)",
     )
     g.add_argument(
         "--gpu-memory-share",
@@ -262,7 +262,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.worker_threads,
         help="torch CPU threads in each audio process; on the 4x H200 host 2 doubled their CPU a request "
-        "and slowed a fleet of 4 by half (benchmarks/results/README.md, session 14)",
+        "and slowed a fleet of 4 by half (benchmarks/results/sessions.md, session 14)",
     )
     g.add_argument(
         "--engine-cores",
@@ -271,7 +271,7 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         help="whole cores, the first of the instance's CPUs, that its audio workers leave to the web "
         "server and the engine, so that these need not wait behind decoding for a CPU (paraformer; "
         "kept only where at least 4 cores remain for the workers; default 0: 2 made a fleet of 2 no "
-        "faster on the 2x H200 host, benchmarks/results/README.md, session 23)",
+        "faster on the 2x H200 host, benchmarks/results/sessions.md, session 23)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

@@ -4,7 +4,7 @@ The launcher gives each GPU slot of a fleet its own block of whole cores (`split
 instance runs on its slot's block (`python -m instances --cpus`), as it runs on its GPU. Why: on
 the 2x H200 host, a fleet of 2 whose instances shared all 32 CPUs ran 3 442x real time, 1.83x its
 instances alone; each on its own 16, 3 603x and 3 543x, 1.95x and 1.93x, the same machine one run
-after the other (`benchmarks/results/README.md`, session 19), but 1.83x pinned against 1.86x
+after the other (`benchmarks/results/sessions.md`, session 19), but 1.83x pinned against 1.86x
 unpinned in session 20: within the runs' spread. What it guarantees is isolation: one instance's
 audio workers, web server and engine never run on another instance's CPUs, so a burst of decoding
 for one GPU cannot take the CPUs that another GPU's engine needs. Where NVML names each GPU's

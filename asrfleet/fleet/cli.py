@@ -81,7 +81,7 @@ def _up_parser(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.nginx_cores,
         help="keep the host's last N cores for nginx alone, out of the instances' blocks "
-        "(default: 0; one was measured slower than none: benchmarks/results/README.md, session 22)",
+        "(default: 0; one was measured slower than none: benchmarks/results/sessions.md, session 22)",
     )
     add_engine_options(p)
     p.set_defaults(host="127.0.0.1", port=6006, name="asr", temp_dir=None, root_path="", cpus="")

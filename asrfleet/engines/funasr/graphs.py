@@ -30,7 +30,7 @@ segments: 10 ms of host time, 40 % of the batch's.
 A batch's inputs reach the graphs through pinned buffers and its results leave through pinned
 copies that nobody waits for on the GPU thread: the host thread waits for them, while the GPU
 thread already pads and sends the next batch (on an H200, one instance under /v1 load at c=32 went
-from 1 218-1 318x to 1 354-1 386x real time, alternating, `benchmarks/results/README.md`).
+from 1 218-1 318x to 1 354-1 386x real time, alternating, `benchmarks/results/sessions.md`, session 12).
 
 With `capture` off, `GraphedModel` runs the same padded code eagerly: tests on the CPU check that
 padding to buckets changes no transcript.

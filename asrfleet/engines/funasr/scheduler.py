@@ -16,7 +16,7 @@ and the host's (each segment's text and timestamps, a few ms of Python a batch).
 does only the first and hands the second to a host thread, so the GPU starts on the next batch
 meanwhile. Under load on an H200 the GPU thread was busy 97-98 % of the time with batches of about
 ten 5-second segments, whose host part takes a few ms on the CI machine's CPU; handing it over
-took one instance from 1 351x to 1 485x real time (`benchmarks/results/README.md`). At most
+took one instance from 1 351x to 1 485x real time (`benchmarks/results/sessions.md`, session 9). At most
 `_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits. The host thread
 runs only while the GPU thread sleeps, or after a short wait (`turns.py`): both need the GIL.
 """

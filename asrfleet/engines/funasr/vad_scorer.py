@@ -15,7 +15,7 @@ directly, and nothing of it passes through the engine process.
   on first use; if the scorer went away (it is being started again), it connects once more and
   asks again, and past that the request fails with a clear error, not the worker.
 
-Measured on the 2x H200 host (session 16, `benchmarks/results/README.md`): the instance's CPU a
+Measured on the 2x H200 host (session 16, `benchmarks/results/sessions.md`): the instance's CPU a
 request fell by a sixth, the host was 47-52 % busy with a fleet of 2 instead of 63 %, and the
 fleet scaled at 1.98x and 1.92x against the default's 1.88x; but one instance alone was about 5 %
 slower, since a chunk waits for the scorer's batch (whose kernels most likely time-slice the GPU

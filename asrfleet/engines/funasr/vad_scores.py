@@ -14,7 +14,7 @@ of FunASR's VAD (filterbank, per-frame state machine) and ask the engine for the
   not queue behind the recognizer's batches, and answers each worker with only the score columns
   its VAD reads (the silence ids).
 
-Measured on the 4x H200 host (session 13, `benchmarks/results/README.md`), it does what it is for
+Measured on the 4x H200 host (session 13, `benchmarks/results/sessions.md`), it does what it is for
 and still loses: the workers' CPU fell from 20.6 to 14.0 ms a request and the host's CPUs were 40 %
 busy in a fleet of 4 instead of 62 %, with the same segments for all 501 utterances; but the round
 trip through the engine process, whose GIL its GPU thread already keeps busy, made each request's
