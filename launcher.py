@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Bring up a speech-recognition fleet: `python launcher.py --instances 2`. See README.md."""
+"""Bring up a speech-recognition fleet: `python launcher.py --instances 2`, the same command as the
+installed `asrfleet`. See README.md."""
 
 import sys
 

@@ -127,7 +127,7 @@ class InstanceConfig:
         )
 
     def to_argv(self) -> list[str]:
-        """The `python -m instances` arguments that rebuild this config (defaults left out)."""
+        """The `python -m asrfleet.instance` arguments that rebuild this config (defaults left out)."""
         argv: list[str] = []
         defaults = InstanceConfig()
         for field in dataclasses.fields(self):
@@ -183,7 +183,7 @@ def _cpu_list(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     d = InstanceConfig()
     p = argparse.ArgumentParser(
-        prog="python -m instances",
+        prog="python -m asrfleet.instance",
         description="One speech-recognition web app (Gradio UI, Gradio API, OpenAI-compatible API).",
     )
     p.add_argument("--host", default=d.host, help="interface to listen on (default: loopback only)")

@@ -86,7 +86,7 @@ def _run_queue_waits(pid: int) -> tuple[float, float]:
 def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
     roles: dict[int, str] = {}
     for pid, (_, cmdline, _) in procs.items():
-        if "-m instances" in cmdline:
+        if "-m asrfleet.instance" in cmdline or "-m instances" in cmdline:
             roles[pid] = "web"
         elif cmdline.startswith("nginx"):
             roles[pid] = "nginx"

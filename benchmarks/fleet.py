@@ -57,7 +57,7 @@ from pathlib import Path
 from asrfleet.config import VAD_SCORES, InstanceConfig
 from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list
 from asrfleet.fleet.plan import FleetOptions
-from asrfleet.random_models import built_paraformer
+from asrfleet.testing.random_models import built_paraformer
 from benchmarks import cpu, load
 from benchmarks.one_gpu import load_stats
 from benchmarks.servers import exit_on_sigterm

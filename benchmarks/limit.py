@@ -73,7 +73,7 @@ def _timed(run: Callable[[], object], on_gpu: bool) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from asrfleet.random_models import MODEL_CLASSES, built_paraformer
+    from asrfleet.testing.random_models import MODEL_CLASSES, built_paraformer
     from benchmarks.load import hardware
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.limit", description=__doc__.split("\n\n")[0])

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrfleet.random_models import MODEL_CLASSES, built_paraformer
+from asrfleet.testing.random_models import MODEL_CLASSES, built_paraformer
 from benchmarks import limit, load
 from benchmarks.servers import exit_on_sigterm, server
 from benchmarks.workload import Recording, collect, total_s, write_wav
@@ -31,7 +31,7 @@ from benchmarks.workload import Recording, collect, total_s, write_wav
 def instance_args(model: Path, vad: Path, port: int, device: str, fp16: bool, name: str) -> list[str]:
     args = [
         "-m",
-        "instances",
+        "asrfleet.instance",
         "--port",
         str(port),
         "--name",

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from funasr import AutoModel
 
     from asrfleet.engines.funasr.recognize import Recognizer
-    from asrfleet.random_models import build_paraformer
+    from asrfleet.testing.random_models import build_paraformer
 
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model_dir = args.work / f"paraformer-{args.size}"

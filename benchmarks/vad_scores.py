@@ -25,7 +25,7 @@ import numpy as np
 from asrfleet.audio import AudioLimits
 from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
 from asrfleet.engines.funasr.vad_scores import ScoreServer
-from asrfleet.random_models import built_paraformer
+from asrfleet.testing.random_models import built_paraformer
 from benchmarks import load
 from benchmarks.workload import collect
 

@@ -1,5 +1,4 @@
-"""The one web app every instance runs: Gradio UI and API, OpenAI-compatible API, health probes.
+"""`python -m instances` from a checkout: one instance, the same as `python -m asrfleet.instance`.
 
-Start one with `python -m instances --port 6006 ...` (see `asrfleet.config` for the options). The
-launcher starts several, each with its own port, GPU and temp directory, all running this code.
+The web app itself is the package `asrfleet.instance`, so that an installed asrfleet carries it.
 """

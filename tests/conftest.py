@@ -64,7 +64,7 @@ def whisper_dir() -> Path:
 @pytest.fixture(scope="session")
 def model_dirs(tmp_path_factory) -> dict[str, Path]:
     """A small BiCifParaformer and CT-Transformer built with FunASR's classes, random weights."""
-    from asrfleet.random_models import build_ct_punc, build_paraformer
+    from asrfleet.testing.random_models import build_ct_punc, build_paraformer
 
     root = tmp_path_factory.mktemp("models")
     return {"asr": build_paraformer(root / "paraformer-tiny"), "punc": build_ct_punc(root / "ct-punc-tiny")}

@@ -85,10 +85,10 @@ def kill_tree(proc: subprocess.Popen, grace: float = 10.0) -> None:
 
 @contextmanager
 def instance(args: list[str], log_dir: Path, ready_timeout: float = 180.0) -> Iterator[Running]:
-    """`python -m instances ARGS` on a free port; yields once /readyz answers 200."""
+    """`python -m asrfleet.instance ARGS` on a free port; yields once /readyz answers 200."""
     port = free_port()
     log = log_dir / f"instance-{port}.log"
-    cmd = [sys.executable, "-m", "instances", "--port", str(port), *args]
+    cmd = [sys.executable, "-m", "asrfleet.instance", "--port", str(port), *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     running = Running(proc, f"http://127.0.0.1:{port}", log)

@@ -20,7 +20,7 @@ COMMANDS = ("up", "status", "stop", "restart", "logs", "transcribe")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python launcher.py",
+        prog="asrfleet",
         description="A supervised, load-balanced fleet of speech-recognition instances: one per GPU.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -148,7 +148,7 @@ def _local_fleet_url(run_dir: Path) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
-        argv.insert(0, "up")  # `python launcher.py --instances 2` means `up`
+        argv.insert(0, "up")  # `asrfleet --instances 2` means `up`
     parser = build_parser()
     args = parser.parse_args(argv)
     ssh = SshOptions(

@@ -31,8 +31,6 @@ from asrfleet.fleet.spec import FleetSpec, InstanceSpec
 from asrfleet.fleet.ssh import ssh_tunnel_command
 from asrfleet.hub import ModelRequest, ModelUnavailable, resolve
 
-PROJECT_DIR = Path(__file__).resolve().parents[2]
-
 # Exit codes of the launcher.
 EXIT_OK = 0
 EXIT_DEGRADED = 1  # status: something is down
@@ -111,7 +109,7 @@ def make_plan(opts: FleetOptions, out: Say) -> Plan:
     instance = fetch_models(opts.instance, out)
     try:
         plan = plan_fleet(
-            dataclasses.replace(opts, instance=instance), gpus, read_cores(), sys.executable, PROJECT_DIR
+            dataclasses.replace(opts, instance=instance), gpus, read_cores(), sys.executable, Path.cwd()
         )
     except ValueError as err:
         raise LaunchError(str(err), EXIT_CONFIG) from err

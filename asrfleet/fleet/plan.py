@@ -83,7 +83,7 @@ def plan_fleet(
     for index, (config, gpu) in enumerate(configs):
         temp_dir = run_dir / "tmp" / f"asr-{index}"
         config = config.replace(name=f"asr-{index}", port=opts.base_port + index, temp_dir=temp_dir)
-        command = (python, "-m", "instances", *config.to_argv())
+        command = (python, "-m", "asrfleet.instance", *config.to_argv())
         instances.append(make_instance(index, port=config.port, command=command, run_dir=run_dir, gpu=gpu))
         configs[index] = (config, gpu)
     spec = FleetSpec(

@@ -26,8 +26,9 @@ import jinja2
 
 from asrfleet.fleet.spec import FleetSpec
 
-# The repository root: the templates live in supervisor/ and nginx/ there, as data.
-TEMPLATE_ROOT = Path(__file__).resolve().parents[2]
+# The templates ship inside the package, as data (the repository's top-level supervisor/ and nginx/
+# point here).
+TEMPLATE_ROOT = Path(__file__).resolve().parent / "templates"
 SUPERVISORD_TEMPLATE = "supervisor/supervisord.conf.j2"
 NGINX_TEMPLATE = "nginx/nginx.conf.j2"
 

@@ -104,7 +104,7 @@ class FleetSpec:
     """The whole fleet: instances, the nginx load balancer, and the run directory holding their files."""
 
     run_dir: Path
-    project_dir: Path  # the repository root: every program's working directory
+    project_dir: Path  # where `up` ran: every program's working directory, so relative paths hold
     instances: tuple[InstanceSpec, ...]
     max_body_bytes: int  # the instances' upload limit; nginx's client_max_body_size equals it
     lb_host: str = DEFAULT_HOST

@@ -18,7 +18,7 @@ from gradio_client import Client, handle_file
 
 import media
 from asrfleet.audio import AudioLimits, decode_audio
-from instances.service import UPLOAD_GRACE_S
+from asrfleet.instance.service import UPLOAD_GRACE_S
 from procs import REPO, free_port, kill_tree, wait_http
 
 pytestmark = pytest.mark.e2e

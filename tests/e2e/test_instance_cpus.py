@@ -50,7 +50,7 @@ def test_an_instance_runs_every_process_and_thread_on_its_cpus(paraformer_args, 
 
 def run_instance(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "instances", "--port", str(procs.free_port()), *args],
+        [sys.executable, "-m", "asrfleet.instance", "--port", str(procs.free_port()), *args],
         cwd=procs.REPO,
         capture_output=True,
         text=True,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from asrfleet.random_models import _build, build_paraformer, built_paraformer
+from asrfleet.testing.random_models import _build, build_paraformer, built_paraformer
 
 
 def test_a_model_class_funasr_lacks_is_named_with_its_import_errors():

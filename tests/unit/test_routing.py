@@ -6,9 +6,9 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
-import instances.routing as routing
+import asrfleet.instance.routing as routing
 from asrfleet.fleet.probes import Readiness, is_quiet
-from instances.routing import Activity, RouteCookie
+from asrfleet.instance.routing import Activity, RouteCookie
 
 
 def client(activity: Activity) -> TestClient:

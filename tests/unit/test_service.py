@@ -8,10 +8,10 @@ import time
 
 from fake_engine import FakeEngine
 
-import instances.service as service_module
+import asrfleet.instance.service as service_module
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions
-from instances.service import TranscriptionService
+from asrfleet.instance.service import TranscriptionService
 
 
 def test_an_upload_and_its_folder_are_removed_after_the_request(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import torch
 
 from asrfleet.audio import AudioLimits, decode_audio
 from asrfleet.engines.funasr import vad_frames
-from asrfleet.random_models import random_audio
+from asrfleet.testing.random_models import random_audio
 
 FRAMES = 60
 

@@ -19,9 +19,9 @@ from starlette.datastructures import UploadFile
 
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.errors import AsrError, BadRequest, Busy, TooLarge, user_message
+from asrfleet.instance.service import TranscriptionService, remove_quietly, safe_stem
 from asrfleet.sizes import format_size
 from asrfleet.transcript import Sentence, Transcript, to_srt, to_vtt
-from instances.service import TranscriptionService, remove_quietly, safe_stem
 
 log = logging.getLogger(__name__)
 

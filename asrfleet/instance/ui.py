@@ -12,9 +12,9 @@ import gradio as gr
 
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.errors import AsrError, user_message
+from asrfleet.instance.downloads import Downloads, links_html
+from asrfleet.instance.service import TranscriptionService, safe_stem
 from asrfleet.transcript import Transcript
-from instances.downloads import Downloads, links_html
-from instances.service import TranscriptionService, safe_stem
 
 log = logging.getLogger(__name__)
 

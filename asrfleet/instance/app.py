@@ -12,11 +12,11 @@ from fastapi.responses import JSONResponse
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Transcriber
-from instances.downloads import Downloads, add_download_route
-from instances.openai_api import add_openai_routes
-from instances.routing import Activity, RouteCookie
-from instances.service import InstanceDirs, TranscriptionService
-from instances.ui import build_ui
+from asrfleet.instance.downloads import Downloads, add_download_route
+from asrfleet.instance.openai_api import add_openai_routes
+from asrfleet.instance.routing import Activity, RouteCookie
+from asrfleet.instance.service import InstanceDirs, TranscriptionService
+from asrfleet.instance.ui import build_ui
 
 log = logging.getLogger(__name__)
 

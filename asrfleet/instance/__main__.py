@@ -1,0 +1,5 @@
+import sys
+
+from asrfleet.instance.main import main
+
+sys.exit(main())
