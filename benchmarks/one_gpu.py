@@ -185,7 +185,7 @@ def summarize(out: dict) -> dict:
 def load_stats(url: str) -> dict:
     import httpx
 
-    return httpx.get(url + "/readyz", timeout=10).json().get("stats", {})
+    return httpx.get(url + "/stats", timeout=10).json().get("engine", {})
 
 
 def long_recording(args, model: Path, logs: Path, work: Path) -> dict:

@@ -25,7 +25,7 @@ from asrfleet.fleet import state
 from asrfleet.fleet.control import RUNNING, Supervisor
 from asrfleet.fleet.gpus import discover_gpus
 from asrfleet.fleet.plan import FleetOptions, Plan, instance_by_name, plan_fleet, with_down, with_draining
-from asrfleet.fleet.probes import Readiness, instance_url, is_quiet, port_in_use, probe
+from asrfleet.fleet.probes import Readiness, activity, instance_url, is_quiet, port_in_use, probe
 from asrfleet.fleet.render import nginx_test_command, render_nginx, render_supervisord, required_directories
 from asrfleet.fleet.spec import FleetSpec, InstanceSpec
 from asrfleet.fleet.ssh import ssh_tunnel_command
@@ -319,8 +319,8 @@ def drain(spec: FleetSpec, instance: InstanceSpec, out: Say) -> None:
     deadline = time.monotonic() + spec.supervisor.stopwaitsecs
     out(f"draining {instance.name}")
     while time.monotonic() < deadline:
-        readiness = probe(instance)
-        if not readiness.ready or is_quiet(readiness, _QUIET_S):
+        counters = activity(instance) if probe(instance).ready else None
+        if counters is None or is_quiet(counters, _QUIET_S):
             return
         time.sleep(0.2)
     out(f"warning: {instance.name} still busy after {spec.supervisor.stopwaitsecs} s; restarting it anyway")

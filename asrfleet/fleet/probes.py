@@ -52,8 +52,20 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def is_quiet(readiness: Readiness, quiet_s: float) -> bool:
+def activity(instance: InstanceSpec, timeout: float = PROBE_TIMEOUT_S) -> dict | None:
+    """The instance's own traffic counters (`GET /stats`'s `activity`); None when it does not answer."""
+    try:
+        response = httpx.get(instance_url(instance) + "/stats", timeout=timeout)
+        return response.json()["activity"] if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def is_quiet(counters: dict, quiet_s: float) -> bool:
     """No request in flight, none for `quiet_s` seconds, and no upload waiting for its request to
     start (a Gradio client uploads first, then joins the queue): safe to stop."""
-    d = readiness.detail
-    return d.get("active_requests", 0) == 0 and d.get("idle_s", 0) >= quiet_s and not d.get("pending_uploads")
+    return (
+        counters.get("active_requests", 0) == 0
+        and counters.get("idle_s", 0) >= quiet_s
+        and not counters.get("pending_uploads")
+    )

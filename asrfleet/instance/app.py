@@ -6,6 +6,7 @@ import logging
 import time
 from dataclasses import dataclass
 
+import anyio
 import gradio as gr
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -69,23 +70,34 @@ def _add_health_routes(
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Readiness: models loaded and warmed up; 503 before that, or when loading failed."""
+        """Readiness: models loaded and warmed up; 503 before that, or when loading failed.
+
+        Answered by the web process alone, so a probe never waits for the engine."""
         if transcriber.ready:
-            body = {
-                "status": "ready",
-                "name": config.name,
-                "model": transcriber.model_name,
-                "active_requests": activity.active,
-                "idle_s": round(activity.idle_s(), 2),
-                "pending_uploads": activity.pending_uploads(),
-                "stats": transcriber.stats(),
-            }
-            return JSONResponse(body)
+            return JSONResponse({"status": "ready", "name": config.name, "model": transcriber.model_name})
         status = "failed" if state.failed else "loading"
         body = {
             "status": status,
             "name": config.name,
+            "model": transcriber.model_name,
             "error": state.failed,
             "loading_s": round(time.time() - state.started, 1),
         }
         return JSONResponse(body, status_code=503)
+
+    @app.get("/stats")
+    async def stats() -> dict:
+        """Diagnostics: this web process's traffic (what a drain waits on) and the engine's counters
+        (queue, batches, GPU time, memory), which cost a round trip to the engine."""
+        engine = await anyio.to_thread.run_sync(transcriber.stats) if transcriber.ready else {}
+        return {
+            "name": config.name,
+            "model": transcriber.model_name,
+            "ready": transcriber.ready,
+            "activity": {
+                "active_requests": activity.active,
+                "idle_s": round(activity.idle_s(), 2),
+                "pending_uploads": activity.pending_uploads(),
+            },
+            "engine": engine,
+        }

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 def test_the_instance_exits_4_when_its_engine_dies(whisper_dir, tmp_path):
     args = ["--engine", "whisper", "--model", str(whisper_dir), "--device", "cpu", "--threads", "1"]
     with procs.instance(args, tmp_path) as running:
-        stats = httpx.get(running.url + "/readyz", timeout=10).json()["stats"]
+        stats = httpx.get(running.url + "/stats", timeout=10).json()["engine"]
         assert stats["engine_pid"] != running.proc.pid  # the engine has a process of its own
         os.kill(stats["engine_pid"], signal.SIGKILL)
         assert running.proc.wait(timeout=60) == 4

@@ -81,13 +81,21 @@ def test_alive_before_ready(server):
     loading = server["readyz_while_loading"]
     assert loading.status_code == 503 and loading.json()["status"] == "loading"
     ready = httpx.get(server["url"] + "/readyz").json()
-    assert ready["status"] == "ready" and ready["name"] == "asr-test"
+    assert ready == {"status": "ready", "name": "asr-test", "model": ready["model"]} and ready["model"]
+
+
+def test_stats_hold_the_diagnostics(server, client, meeting):
+    transcribe(client, meeting)
+    stats = httpx.get(server["url"] + "/stats").json()
+    assert stats["name"] == "asr-test" and stats["ready"] is True
+    assert set(stats["activity"]) == {"active_requests", "idle_s", "pending_uploads"}
+    assert stats["engine"]["engine_pid"] > 0 and stats["engine"]["stage_s"]["requests"] >= 1
 
 
 def test_the_engine_process_gets_growable_gpu_memory_segments(server):
     if "PYTORCH_CUDA_ALLOC_CONF" in os.environ:
         pytest.skip("PYTORCH_CUDA_ALLOC_CONF is set here: the instance keeps the user's")
-    pid = httpx.get(server["url"] + "/readyz").json()["stats"]["engine_pid"]
+    pid = httpx.get(server["url"] + "/stats").json()["engine"]["engine_pid"]
     environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert b"PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in environment
 
@@ -221,14 +229,14 @@ def test_an_hour_long_recording_while_probes_answer_at_once(server, client, tmp_
 
 
 def test_an_upload_counts_as_work_until_its_request_starts(server, client, meeting, tmp_path):
-    """The launcher drains an instance until /readyz says nothing waits: a Gradio client's upload
+    """The launcher drains an instance until /stats says nothing waits: a Gradio client's upload
     and the queue/join that follows are two requests, and a restart between them would lose it."""
     transcribe(client, meeting)
-    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 0
+    assert httpx.get(server["url"] + "/stats").json()["activity"]["pending_uploads"] == 0
     note = tmp_path / "note.txt"  # not audio: test_no_uploads_are_left_behind looks for audio
     note.write_text("an upload whose request never comes")
     with note.open("rb") as f:
         httpx.post(server["url"] + "/gradio_api/upload", files={"files": f}).raise_for_status()
-    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 1
+    assert httpx.get(server["url"] + "/stats").json()["activity"]["pending_uploads"] == 1
     transcribe(client, meeting)  # its join takes the oldest waiting upload, then its own is waiting
-    assert httpx.get(server["url"] + "/readyz").json()["pending_uploads"] == 1
+    assert httpx.get(server["url"] + "/stats").json()["activity"]["pending_uploads"] == 1

@@ -39,7 +39,7 @@ def test_an_instance_runs_every_process_and_thread_on_its_cpus(paraformer_args, 
         pytest.skip("one CPU only: pinning to it would show nothing")
     cpu = str(available[-1])
     with procs.instance([*paraformer_args, "--cpus", cpu], tmp_path) as running:
-        stats = httpx.get(running.url + "/readyz", timeout=10).json()["stats"]
+        stats = httpx.get(running.url + "/stats", timeout=10).json()["engine"]
         threads = session_threads(running.proc.pid)
         pids = {name.split("/")[0] for name in threads}
         assert {str(running.proc.pid), str(stats["engine_pid"])} <= pids

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 import asrfleet.instance.routing as routing
-from asrfleet.fleet.probes import Readiness, is_quiet
+from asrfleet.fleet.probes import is_quiet
 from asrfleet.instance.routing import Activity, RouteCookie
 
 
@@ -50,7 +50,7 @@ def test_an_upload_nobody_uses_is_abandoned_after_a_while(monkeypatch):
 
 def test_an_instance_with_an_upload_waiting_is_not_quiet():
     quiet = {"active_requests": 0, "idle_s": 3.0, "pending_uploads": 0}
-    assert is_quiet(Readiness(True, "ready", quiet), 0.5)
-    assert not is_quiet(Readiness(True, "ready", {**quiet, "pending_uploads": 1}), 0.5)
-    assert not is_quiet(Readiness(True, "ready", {**quiet, "active_requests": 1}), 0.5)
-    assert not is_quiet(Readiness(True, "ready", {**quiet, "idle_s": 0.1}), 0.5)
+    assert is_quiet(quiet, 0.5)
+    assert not is_quiet({**quiet, "pending_uploads": 1}, 0.5)
+    assert not is_quiet({**quiet, "active_requests": 1}, 0.5)
+    assert not is_quiet({**quiet, "idle_s": 0.1}, 0.5)
