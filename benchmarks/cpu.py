@@ -5,9 +5,8 @@
 Also, by role, how long its threads waited for a CPU while ready to run (the scheduler's run
 queue, /proc/PID/task/TID/schedstat): CPU seconds say how much work a role did, the wait says
 whether the host kept it from doing more. Roles follow the process tree: an instance's web
-server (`python -m instances`), its engine process (the web server's child), the engine's audio
-workers (its children), its VAD scorer (the child named `vad_scorer.PROCESS_NAME`, with
-`--vad-scores process`), nginx, supervisord, and the load generator: this process here; its
+server (`python -m asrfleet.instance`), its engine process (the web server's child), the engine's
+audio workers (its children), nginx, supervisord, and the load generator: this process here; its
 client processes report their own CPU from the moment they start sending (`load.run_level`),
 since what the kernel reports for reaped children includes their start-up. Also the host's busy
 share over the interval, from /proc/stat, and its steal share: in a virtual machine, the time its
@@ -25,7 +24,6 @@ from typing import TypeVar
 
 from asrfleet.config import InstanceConfig, option_value
 from asrfleet.cpus import format_cpu_list
-from asrfleet.engines.funasr.vad_scorer import PROCESS_NAME
 
 T = TypeVar("T")
 
@@ -44,22 +42,19 @@ class Snapshot:
 
 
 def _processes() -> dict[int, tuple[int, str, float]]:
-    """pid -> (parent pid, command line, CPU seconds); the command line is the process's name
-    (/proc/PID/comm) for one that named itself `vad_scorer.PROCESS_NAME`."""
+    """pid -> (parent pid, command line, CPU seconds)."""
     out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/stat", encoding="utf-8") as f:
-                head, _, tail = f.read().rpartition(")")
+                tail = f.read().rpartition(")")[2]
             fields = tail.split()
             with open(f"/proc/{name}/cmdline", "rb") as f:
                 cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:  # gone meanwhile
             continue
-        if head.partition("(")[2] == PROCESS_NAME:  # stat's second field: the name, in brackets
-            cmdline = PROCESS_NAME
         out[int(name)] = (int(fields[1]), cmdline, (int(fields[11]) + int(fields[12])) / _TICK)
     return out
 
@@ -92,8 +87,6 @@ def _roles(procs: dict[int, tuple[int, str, float]]) -> dict[int, str]:
             roles[pid] = "nginx"
         elif "supervisord" in cmdline:
             roles[pid] = "supervisord"
-        elif cmdline == PROCESS_NAME:
-            roles[pid] = "vad scorer"
     below = {"web": "engine", "engine": "workers"}
     return _spread_down(procs, roles, below.get)
 
@@ -135,9 +128,9 @@ def placements() -> dict[str, str]:
         port = instance_port(procs[web][1])
         if cpus[web]:
             found[port] = format_cpu_list(cpus[web])
-        if workers.get(web) and workers[web] != cpus[web]:  # the instance's --engine-cores
+        if workers.get(web) and workers[web] != cpus[web]:  # kept apart from the rest
             found[f"{port} audio workers"] = format_cpu_list(workers[web])
-    # nginx's workers only: its master stays wherever it was started (the launcher's --nginx-cores).
+    # nginx's workers only: its master stays wherever it was started.
     nginx = [
         pid for pid, role in roles.items() if role == "nginx" and procs[pid][1].startswith("nginx: worker")
     ]

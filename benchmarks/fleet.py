@@ -1,6 +1,6 @@
 """Several GPUs: the fleet through nginx against one instance, started by the real launcher.
 
-    python -m benchmarks.fleet --audio DIR --vad-model DIR --nginx PATH --out benchmarks/results/fleet.json
+    python -m benchmarks.fleet --audio DIR --vad-model DIR --gpus 2 --api openai --out OUT.json
 
 One fleet of N instances (one per GPU) is started and warmed up: the distinct recordings go
 through nginx to all instances at once until a pass records no new CUDA graph anywhere (the first
@@ -10,27 +10,27 @@ batch of a new shape records one, about 0.1 s; the measurements are of the stead
 * the fleet through nginx at C x N; the same instances at once without nginx, the clients split
   evenly over their ports (so the host's share of a fleet's loss shows apart from nginx's); then
   every instance alone again; this round --rounds times, whose speed-ups are averaged (two
-  measurements of the same configuration one after the other differ by up to 12 %, session 24);
+  measurements of the same configuration one after the other can differ by up to 12 %);
 * for N = 4 the fleet is then reconciled to 2 instances, measured at C x 2 (through nginx, then
   directly), and instances 0 and 1 measured alone again; then it is reconciled to 1 and measured
   through nginx at C (what the nginx hop costs).
 
 One instance's throughput is the mean of every measurement of an instance alone: on a shared host the
-instances differ (by up to 30 % in session 5, from where the scheduler put their processes), and a
-fleet is the sum of its instances. Each fleet is compared with its members measured alone just
-before and just after it ("vs_alone_around"): the host's speed drifts over minutes (session 8:
-the audio workers needed 37 ms of CPU per transcription in the first measurements of a run and
-32.5 ms in its last, the same work), and measurements on both sides of the fleet cancel a steady
-drift. "vs_one_instance" compares with the mean of every measurement alone in the run.
+instances differ (by up to 30 %, from where the scheduler put their processes), and a fleet is the
+sum of its instances. Each fleet is compared with its members measured alone just before and just
+after it ("vs_alone_around"): the host's speed drifts over minutes (the audio workers have needed
+37 ms of CPU per transcription in the first measurements of a run and 32.5 ms in its last, the same
+work), and measurements on both sides of the fleet cancel a steady drift. "vs_one_instance"
+compares with the mean of every measurement alone in the run.
 
 The same recordings everywhere, repeated --repeat times per instance, so that every measurement
 lasts about as long (a short one weighs its ramp at start and end more). Each measurement
 follows an uncounted warm-up (--warm-up x its concurrency requests, again while they record a
 new CUDA graph, up to 3 times). A workload's rarer batch shapes keep bringing new CUDA graphs for
-thousands of requests, and each one recorded inside a measurement cost it about 0.75 % (session
-15); the default, 40 requests a client, leaves few of them inside (with 4, the default until
-session 15, the first measurements alone recorded 10-22 and ran 8 % slower than the last ones,
-which flattered the fleet's ratio). Each measurement reports the CPU seconds of every role
+thousands of requests, and each one recorded inside a measurement costs it about 0.75 %; the
+default, 40 requests a client, leaves few of them inside (with 4, the first measurements alone
+recorded 10-22 and ran 8 % slower than the last ones, which flattered the fleet's ratio). Each
+measurement reports the CPU seconds of every role
 (`benchmarks/cpu.py`) and what each instance's GPU thread did, counted from the moment every
 client process is ready.
 
@@ -54,8 +54,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asrfleet.config import VAD_SCORES, InstanceConfig
-from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list
 from asrfleet.fleet.plan import FleetOptions
 from asrfleet.testing.random_models import built_paraformer
 from benchmarks import cpu, load
@@ -91,7 +89,7 @@ def launcher(*args: str) -> str:
 
 
 def instance_stats(members: list[int], ports: Ports) -> list[dict]:
-    """Each instance's engine counters (cumulative), from its readiness probe."""
+    """Each instance's engine counters (cumulative), from its `GET /stats`."""
     return [load_stats(ports.instance(i)) for i in members]
 
 
@@ -199,7 +197,7 @@ def warm_up(
 
     Before every measurement too: a configuration meets batch shapes that the others did not (an
     instance's batches alone differ from its batches in the fleet), and each recording costs about
-    0.1 s, 1-2 % of a measurement (session 10: 5 to 11 of them during the first measurements alone,
+    0.1 s, 1-2 % of a measurement (5 to 11 of them have come in the first measurements alone,
     after the fleet's warm-up)."""
     first = graph_counts(members, ports)
     for _ in range(passes):
@@ -220,8 +218,8 @@ def disturbance(run: dict, max_steal: float, max_graphs: int) -> str | None:
     """Why a measurement does not show the steady state, or None: the hypervisor took more than
     `max_steal` of the host's CPU time, or its instances recorded more than `max_graphs` CUDA
     graphs in all (each stalls its instance's GPU thread about 0.1 s, 2-3 % of a 4-second
-    measurement: session 23's first measurements alone recorded up to 6 and ran up to 17 %
-    slower than the same instance's later ones)."""
+    measurement: first measurements alone that recorded up to 6 have run up to 17 % slower than
+    the same instance's later ones)."""
     stolen = run["cpu_s"]["host_steal_share"]
     if stolen > max_steal:
         return f"the hypervisor took {stolen:.1%} of the host's CPU time (limit {max_steal:.1%})"
@@ -325,17 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         "during a measurement (default 0: the measurements are of the steady state)",
     )
     p.add_argument(
-        "--vad-scores",
-        choices=VAD_SCORES,
-        default=None,
-        help="where the instances run the VAD's network (default: theirs)",
-    )
-    p.add_argument(
         "--instance-option",
         action="append",
         default=[],
         metavar="OPTION",
-        help="pass this option to every instance, e.g. --instance-option=--worker-threads=2 (repeatable)",
+        help="pass this option to the launcher for every instance, e.g. --instance-option=--per-gpu=2 "
+        "(repeatable)",
     )
     p.add_argument(
         "--no-pin-cpus",
@@ -343,25 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the launcher's --no-pin-cpus: every instance on every CPU (default: each on its own block)",
     )
     p.add_argument(
-        "--nginx-cores",
-        type=int,
-        default=0,
-        help="the launcher's --nginx-cores: the host's last N cores for nginx alone (default: 0)",
-    )
-    p.add_argument(
-        "--client-cpus",
-        type=parse_cpu_list,
-        default=None,
-        help="the CPUs that the load generator's processes measure from, like 30-31 (default: any); the "
-        "fleet is not confined by it",
-    )
-    p.add_argument(
         "--warm-up",
         type=int,
         default=40,
         help="requests per client sent before each measurement, uncounted (again while they record "
         "a CUDA graph, up to 3 times), so that few recordings fall inside the measurement (default "
-        "40; 4 until session 15)",
+        "40)",
     )
     p.add_argument("--retries", type=int, default=2, help="at most this many repeats of one measurement")
     p.add_argument(
@@ -382,11 +362,6 @@ def main(argv: list[str] | None = None) -> int:
             "--procs must be a multiple of --gpus (and of 2 from 4 GPUs), so that the measurements "
             "without nginx give every instance as many client processes"
         )
-    if args.client_cpus:
-        try:
-            check_available(args.client_cpus, "--client-cpus")
-        except ValueError as err:
-            p.error(str(err))
     exit_on_sigterm()
     logging.getLogger("httpx").setLevel(logging.WARNING)
     model = built_paraformer(args.work, args.size)
@@ -415,12 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if args.device == "cuda":
         common.append("--fp16")
-    if args.vad_scores:
-        common += ["--vad-scores", args.vad_scores]
     if args.no_pin_cpus:
         common.append("--no-pin-cpus")
-    if args.nginx_cores:
-        common += ["--nginx-cores", str(args.nginx_cores)]
     common += args.instance_option
     c = args.per_instance_concurrency
     result = {
@@ -434,11 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         "per_instance_concurrency": c,
         "warm_up_per_client": args.warm_up,
         "api": args.api,
-        "vad_scores": args.vad_scores or InstanceConfig().vad_scores,
         "instance_options": args.instance_option,
         "pin_cpus": not args.no_pin_cpus,
-        "nginx_cores": args.nginx_cores,
-        "client_cpus": format_cpu_list(args.client_cpus) if args.client_cpus else "any",
         "runs": [],
     }
 
@@ -467,9 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             start["stats"], start["cpu"] = instance_stats(members, ports), cpu.snapshot()
             start["at"] = time.time()
 
-        measured = load.run(
-            url, workload, [users], api=args.api, procs=args.procs, on_start=started, cpus=args.client_cpus
-        )
+        measured = load.run(url, workload, [users], api=args.api, procs=args.procs, on_start=started)
         cpu_after = cpu.snapshot()
         before, cpu_before = start["stats"], start["cpu"]
         cpu_used = cpu.used(cpu_before, cpu_after)

@@ -1,5 +1,5 @@
 """The limit: ASR alone (no VAD, no HTTP), utterances sorted by length, in batches of 128 under
-fp16 autocast, in one process: FunASR's own `generate`, as measured in ../shared/notes/FACTS.md.
+fp16 autocast, in one process: FunASR's own `generate`, the usual way to quote a model's speed.
 
 `benchmarks.one_gpu` measures it beside the instance. Run alone, it can also time several passes
 over the same utterances (the first pays for every new input shape, which cuDNN plans once) and

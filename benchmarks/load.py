@@ -1,7 +1,6 @@
 """Load generator: drive any instance or fleet URL with real recordings, report what it measured.
 
-    python -m benchmarks.load --url http://127.0.0.1:8000 --audio ../shared/audio/zh-aishell-S0150 \
-        --concurrency 1,8,32 --out result.json
+    python -m benchmarks.load --url http://127.0.0.1:8000 --audio DIR --concurrency 1,8,32 --out result.json
 
 Each concurrency level is a closed loop: that many virtual users, each sending its next recording
 as soon as its last one is answered, until the workload is done. Reported per level: audio seconds
@@ -15,7 +14,6 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
-import os
 import platform
 import ssl
 import statistics
@@ -28,7 +26,6 @@ from pathlib import Path
 
 import aiohttp
 
-from asrfleet.cpus import check_available, format_cpu_list, parse_cpu_list, pin_process
 from benchmarks.gradio_protocol import GradioEvent, file_form, new_session
 from benchmarks.workload import Recording, collect, total_s
 
@@ -49,7 +46,6 @@ class LevelRun:
     samples: list[Sample]
     wall_s: float
     client_cpu_s: float  # the clients' CPU from their start to their end, without their imports
-    client_cpus: frozenset[int]  # the CPUs that the clients were allowed to run on, as they reported it
 
 
 # -- one process of virtual users ----------------------------------------------------------------
@@ -96,14 +92,12 @@ async def _run_users(
     return samples
 
 
-def _process_main(url, api, recordings, users, timeout, cpus, ready, go, out_queue) -> None:
-    if cpus:
-        pin_process(cpus)
+def _process_main(url, api, recordings, users, timeout, ready, go, out_queue) -> None:
     ready.wait()  # every process has imported
     go.wait()  # and the caller has read its counters: every process starts together
     cpu = time.process_time()
     samples = asyncio.run(_run_users(url, api, recordings, users, timeout))
-    out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu, os.sched_getaffinity(0)))
+    out_queue.put(([asdict(s) for s in samples], time.process_time() - cpu))
 
 
 def run_level(
@@ -114,10 +108,8 @@ def run_level(
     procs: int,
     timeout: float,
     on_start: Callable[[], None] | None = None,
-    cpus: frozenset[int] | None = None,
 ) -> LevelRun:
-    """One concurrency level, its users spread over `procs` processes, on `cpus` where given (to
-    keep the load generator off what it measures; default: wherever this process may run).
+    """One concurrency level, its users spread over `procs` processes.
 
     The clock starts when every process has started and imported (a barrier), not after a fixed
     delay: on a busy host the imports of 16 processes can take seconds, and a process still
@@ -128,8 +120,6 @@ def run_level(
     Several URLs: process p sends to urls[p % len(urls)], so with `procs` a multiple of their
     number every URL gets the same users (the fleet benchmark's instances without nginx)."""
     urls = _as_list(url)
-    if cpus:
-        check_available(cpus, "the load generator's CPUs")  # here, not in every client as it dies
     procs = max(1, min(procs, concurrency))
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
@@ -141,7 +131,7 @@ def run_level(
         users = concurrency // procs + (1 if p < concurrency % procs else 0)
         target = urls[p % len(urls)]
         workers.append(
-            ctx.Process(target=_process_main, args=(target, api, share, users, timeout, cpus, ready, go, out))
+            ctx.Process(target=_process_main, args=(target, api, share, users, timeout, ready, go, out))
         )
     for w in workers:
         w.start()
@@ -158,16 +148,14 @@ def run_level(
     go.set()
     samples: list[Sample] = []
     client_cpu = 0.0
-    client_cpus: set[int] = set()
     for _ in workers:
-        done, cpu, allowed = out.get()
+        done, cpu = out.get()
         samples += [Sample(**s) for s in done]
         client_cpu += cpu
-        client_cpus |= allowed
     wall = time.perf_counter() - started
     for w in workers:
         w.join()
-    return LevelRun(samples, wall, client_cpu, frozenset(client_cpus))
+    return LevelRun(samples, wall, client_cpu)
 
 
 def _as_list(url: str | list[str]) -> list[str]:
@@ -288,8 +276,8 @@ def hardware() -> dict:
 
 
 def code_version(repo: Path) -> str | None:
-    """The commit `repo` is at, with "-dirty" where its tracked files differ from it (as on the GPU
-    machines, which get the session's first commit and a copy of the working tree); None outside git."""
+    """The commit `repo` is at, with "-dirty" where its tracked files differ from it (a copy of an
+    edited working tree on a GPU machine); None outside git."""
     try:
         described = subprocess.run(
             ["git", "describe", "--always", "--dirty", "--abbrev=7"],
@@ -314,17 +302,14 @@ def run(
     timeout: float = 3600.0,
     label: str = "",
     on_start: Callable[[], None] | None = None,
-    cpus: frozenset[int] | None = None,
 ) -> dict:
-    """Every level in turn; `on_start` is called as each level's clients start, `cpus` are the
-    clients' CPUs (see run_level)."""
+    """Every level in turn; `on_start` is called as each level's clients start (see run_level)."""
     results = []
     for concurrency in levels:
         with GpuMemory() as gpu:
-            measured = run_level(url, api, recordings, concurrency, procs, timeout, on_start, cpus)
+            measured = run_level(url, api, recordings, concurrency, procs, timeout, on_start)
         level = summarize(measured.samples, measured.wall_s, concurrency, gpu.by_process())
         level["client_cpu_s"] = round(measured.client_cpu_s, 2)
-        level["client_cpus"] = format_cpu_list(measured.client_cpus)
         print(
             f"{label or ' '.join(_as_list(url))} c={concurrency:>3}: {level['rtfx']:>8.1f}x real time, "
             f"p50 {level['latency_s']['p50']:.2f} s, p95 {level['latency_s']['p95']:.2f} s, "
@@ -351,19 +336,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", default="1,8,32")
     p.add_argument("--api", choices=("gradio", "openai"), default="gradio")
     p.add_argument("--procs", type=int, default=1, help="client processes (for hundreds of users)")
-    p.add_argument(
-        "--cpus",
-        type=parse_cpu_list,
-        default=None,
-        help="the CPUs the client processes run on, like 0-3 (default: any this one may use)",
-    )
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     recordings = collect(args.audio, args.limit) * args.repeat
     levels = [int(c) for c in args.concurrency.split(",")]
     print(f"{len(recordings)} recordings, {total_s(recordings):.0f} s of audio; {hardware()}", flush=True)
-    measured = run(args.url, recordings, levels, args.api, args.procs, args.timeout, cpus=args.cpus)
+    measured = run(args.url, recordings, levels, args.api, args.procs, args.timeout)
     result = {"hardware": hardware(), **measured}
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))

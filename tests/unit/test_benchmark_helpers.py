@@ -13,7 +13,6 @@ import pytest
 
 from benchmarks import cpu
 from benchmarks.cpu import (
-    PROCESS_NAME,
     Snapshot,
     _roles,
     host_jiffies,
@@ -68,17 +67,17 @@ def test_run_queue_waits_add_up_by_role_and_keep_the_event_loops_apart():
     assert waited(before, after) == {"engine": 0.25, "web": 2.0, "web main thread": 0.75, "workers": 0.5}
 
 
-def test_roles_follow_the_process_tree_and_the_scorer_s_name():
+def test_roles_follow_the_process_tree():
     spawn = "python3 -c from multiprocessing.spawn import spawn_main; spawn_main() --multiprocessing-fork"
     procs = {
         10: (1, "python3 -m instances --port 6006", 0.0),
         11: (10, spawn, 0.0),  # its engine
         12: (11, spawn, 0.0),  # an audio worker
-        13: (11, PROCESS_NAME, 0.0),  # the VAD scorer, named by itself
+        13: (1, "python3 -m asrfleet.instance --port 6007", 0.0),  # installed, not from a checkout
         20: (1, "nginx: worker process", 0.0),
         30: (1, "bash", 0.0),
     }
-    assert _roles(procs) == {10: "web", 11: "engine", 12: "workers", 13: "vad scorer", 20: "nginx"}
+    assert _roles(procs) == {10: "web", 11: "engine", 12: "workers", 13: "web", 20: "nginx"}
 
 
 def test_an_instance_s_port_comes_from_its_command_line_or_is_the_default():
@@ -379,29 +378,6 @@ def test_clients_split_evenly_over_several_urls(tmp_path):
     assert len(to_first) == len(to_second) == 4
 
 
-def test_the_load_generator_runs_on_the_cpus_it_is_given(tmp_path):
-    from benchmarks import load
-    from benchmarks.workload import Recording
-
-    audio = tmp_path / "a.wav"
-    audio.write_bytes(b"RIFF")
-    allowed = frozenset(os.sched_getaffinity(0))
-    one = frozenset([max(allowed)])
-    with transcription_server() as (url, _):
-        anywhere = load.run_level(url, "openai", [Recording(audio, 1.0)] * 2, 2, procs=2, timeout=30)
-        kept = load.run_level(url, "openai", [Recording(audio, 1.0)] * 2, 2, procs=2, timeout=30, cpus=one)
-    assert anywhere.client_cpus == allowed  # as reported by the client processes themselves
-    assert kept.client_cpus == one and not [s for s in kept.samples if s.error]
-
-
-def test_the_load_generator_refuses_cpus_it_cannot_have_before_starting_a_client():
-    from benchmarks import load
-
-    beyond = frozenset([max(os.sched_getaffinity(0)) + 1])
-    with pytest.raises(ValueError, match="the load generator's CPUs .*not available here"):
-        load.run_level("http://127.0.0.1:9", "openai", [], 1, procs=1, timeout=1, cpus=beyond)
-
-
 def test_plot_labels_break_long_run_names_after_underscores():
     from benchmarks.plot import _wrap
 
@@ -492,24 +468,23 @@ def test_every_benchmark_s_command_line_builds(module, capsys):
     assert exited.value.code == 0 and "usage:" in capsys.readouterr().out
 
 
-def test_the_fleet_benchmark_refuses_client_cpus_it_cannot_have_before_building_anything(tmp_path, capsys):
+def test_the_fleet_benchmark_refuses_a_client_split_it_cannot_make_before_building_anything(tmp_path, capsys):
     from benchmarks import fleet
 
-    beyond = str(max(os.sched_getaffinity(0)) + 1)
     argv = [
         "--audio",
         str(tmp_path),
         "--vad-model",
         str(tmp_path),
         "--gpus",
-        "1",
+        "2",
         "--out",
         str(tmp_path / "o"),
     ]
     with pytest.raises(SystemExit) as exited:
-        fleet.main([*argv, "--procs", "2", "--client-cpus", beyond, "--work", str(tmp_path / "work")])
+        fleet.main([*argv, "--procs", "3", "--work", str(tmp_path / "work")])
     assert exited.value.code == 2
-    assert f"--client-cpus {beyond}: CPU {beyond} is not available here" in capsys.readouterr().err
+    assert "--procs must be a multiple of --gpus" in capsys.readouterr().err
     assert not (tmp_path / "work").exists()  # no model was built
 
 
