@@ -76,13 +76,6 @@ def _up_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let every instance run on every CPU (default: each GPU's instances on a block of cores)",
     )
-    g.add_argument(
-        "--nginx-cores",
-        type=int,
-        default=d.nginx_cores,
-        help="keep the host's last N cores for nginx alone, out of the instances' blocks "
-        "(default: 0; one was measured slower than none: benchmarks/results/sessions.md, session 22)",
-    )
     add_engine_options(p)
     p.set_defaults(host="127.0.0.1", port=6006, name="asr", temp_dir=None, root_path="", cpus="")
 
@@ -92,8 +85,6 @@ def fleet_options(args: argparse.Namespace) -> FleetOptions:
         raise ValueError("--instances must be at least 1")
     if args.per_gpu < 1:
         raise ValueError("--per-gpu must be at least 1")
-    if args.nginx_cores < 0:
-        raise ValueError("--nginx-cores must be 0 or more")
     return FleetOptions(
         instance=InstanceConfig.from_namespace(args),
         instances=args.instances,
@@ -106,7 +97,6 @@ def fleet_options(args: argparse.Namespace) -> FleetOptions:
         nginx=args.nginx,
         ready_timeout_s=args.ready_timeout,
         pin_cpus=not args.no_pin_cpus,
-        nginx_cores=args.nginx_cores,
     )
 
 

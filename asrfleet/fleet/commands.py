@@ -260,12 +260,11 @@ def reconcile(running: FleetSpec, opts: FleetOptions, ssh: SshOptions, out: Say)
 
 
 def _same_fleet(a: FleetSpec, b: FleetSpec) -> bool:
-    return (a.instances, a.lb_host, a.lb_port, a.max_body_bytes, a.nginx_cpus) == (
+    return (a.instances, a.lb_host, a.lb_port, a.max_body_bytes) == (
         b.instances,
         b.lb_host,
         b.lb_port,
         b.max_body_bytes,
-        b.nginx_cpus,
     )
 
 

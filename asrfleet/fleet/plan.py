@@ -53,7 +53,6 @@ class FleetOptions:
     nginx: str = "nginx"
     ready_timeout_s: float = 900.0
     pin_cpus: bool = True  # each GPU slot's instance on its own block of cores
-    nginx_cores: int = 0  # the host's last cores kept for nginx alone (with pin_cpus)
 
     def slots(self, gpus: list[Gpu]) -> int:
         """Instances these GPUs can hold: `per_gpu` on each."""
@@ -72,11 +71,8 @@ def plan_fleet(
 ) -> Plan:
     """`cores`: the physical cores the launcher may use (`asrfleet.cpus.read_cores`)."""
     run_dir = opts.run_dir.resolve()
-    nginx_cpus: frozenset[int] = frozenset()
     if gpus and opts.instance.device != "cpu":
-        cores, nginx_cpus, kept = _nginx_cores(opts, cores, opts.slots(gpus))
         configs, warnings = _gpu_configs(opts, gpus, cores)
-        warnings = kept + warnings
     else:
         configs, warnings = _cpu_configs(opts, sum(len(core) for core in cores))
     instances = []
@@ -95,7 +91,6 @@ def plan_fleet(
         lb_port=opts.lb_port,
         nginx_binary=opts.nginx,
         nginx_user=_root_name(),
-        nginx_cpus=nginx_cpus,
     )
     return Plan(spec, tuple(c for c, _ in configs), tuple(warnings))
 
@@ -127,29 +122,6 @@ def _gpu_configs(opts: FleetOptions, gpus: list[Gpu], cores: list[Core]) -> tupl
     return configs, warnings + _sharing_warnings(opts.instance, assigned, per_card)
 
 
-def _nginx_cores(
-    opts: FleetOptions, cores: list[Core], slots: int
-) -> tuple[list[Core], frozenset[int], list[str]]:
-    """The cores left to the instances, and the CPUs of the last `--nginx-cores` cores, kept for
-    nginx (`nginx/nginx.conf.j2` says why); none kept, with a warning, where that would leave a GPU
-    slot without a core."""
-    wanted = opts.nginx_cores
-    if not wanted:
-        return cores, frozenset(), []
-    if not opts.pin_cpus:
-        return cores, frozenset(), ["--nginx-cores needs the instances pinned: ignored with --no-pin-cpus"]
-    if len(cores) - wanted < slots:
-        return (
-            cores,
-            frozenset(),
-            [
-                f"--nginx-cores {wanted} would leave {len(cores) - wanted} of {len(cores)} CPU cores for "
-                f"{slots} GPU slots: nginx runs on any CPU"
-            ],
-        )
-    return cores[:-wanted], frozenset(cpu for core in cores[-wanted:] for cpu in core), []
-
-
 def _cpus_each(cores: list[Core], count: int) -> int:
     """The CPUs an instance without a block of its own counts on: its part of all of them."""
     return max(1, sum(len(core) for core in cores) // count)
@@ -167,9 +139,8 @@ def _cpu_shares(
     near, warnings = _near_shares(gpus, cores, opts.per_gpu)
     if near is not None:
         return near, []
-    # One slot has the host to itself where nothing keeps it to a socket, unless some cores are
-    # kept for nginx.
-    if slots == 1 and not opts.nginx_cores:
+    # One slot has the host to itself where nothing keeps it to a socket.
+    if slots == 1:
         return None, warnings
     shares = split_cores(cores, slots)
     if shares is None:

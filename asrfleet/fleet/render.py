@@ -128,14 +128,6 @@ def host_port(host: str, port: int) -> str:
     return f"{host}:{port}"
 
 
-def nginx_cpu_mask(cpus: Iterable[int]) -> str:
-    """A CPU set as worker_cpu_affinity's mask: one digit a CPU, CPU 0 rightmost. {0, 2} -> "101"."""
-    chosen = set(cpus)
-    if not chosen or min(chosen) < 0:
-        raise ValueError(f"a CPU mask needs CPU numbers >= 0, got {sorted(chosen)}")
-    return "".join("1" if cpu in chosen else "0" for cpu in range(max(chosen), -1, -1))
-
-
 # ---- rendering ----------------------------------------------------------------------------------
 
 
@@ -156,7 +148,6 @@ def template_environment(root: Path = TEMPLATE_ROOT) -> jinja2.Environment:
         nginx_quote=nginx_quote,
         upstream_name=upstream_name,
         host_port=host_port,
-        nginx_cpu_mask=nginx_cpu_mask,
     )
     return environment
 

@@ -115,8 +115,6 @@ class FleetSpec:
     # and lose access to the run directory (mode 0700). Unprivileged, nginx ignores the directive.
     nginx_user: str | None = None
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
-    # The CPUs nginx's workers run on (--nginx-cores), kept out of the instances' blocks; empty: any.
-    nginx_cpus: frozenset[int] = frozenset()
     # Instances being drained for a restart: nginx gives them no new sessions and no API requests,
     # but their own sessions still reach them.
     draining: frozenset[str] = frozenset()

@@ -32,15 +32,16 @@ def to_dict(spec: FleetSpec) -> dict:
     data = dataclasses.asdict(spec)
     data["draining"] = sorted(spec.draining)
     data["down"] = sorted(spec.down)
-    data["nginx_cpus"] = sorted(spec.nginx_cpus)
     return _paths_to_str(data)
 
 
 def from_dict(data: dict) -> FleetSpec:
+    """The FleetSpec `to_dict` wrote. Keys that the dataclasses do not have are left out, so that
+    a fleet.json written by another version of the launcher still loads."""
     instances = tuple(
         InstanceSpec(
             **{
-                **i,
+                **_known(InstanceSpec, i),
                 "command": tuple(i["command"]),
                 "temp_dir": Path(i["temp_dir"]),
                 "log_file": Path(i["log_file"]),
@@ -50,16 +51,20 @@ def from_dict(data: dict) -> FleetSpec:
     )
     return FleetSpec(
         **{
-            **data,
+            **_known(FleetSpec, data),
             "run_dir": Path(data["run_dir"]),
             "project_dir": Path(data["project_dir"]),
             "instances": instances,
-            "supervisor": SupervisorSettings(**data["supervisor"]),
+            "supervisor": SupervisorSettings(**_known(SupervisorSettings, data["supervisor"])),
             "draining": frozenset(data.get("draining", [])),
             "down": frozenset(data.get("down", [])),
-            "nginx_cpus": frozenset(data.get("nginx_cpus", [])),
         }
     )
+
+
+def _known(cls: type, data: dict) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {key: value for key, value in data.items() if key in names}
 
 
 def _paths_to_str(value: object) -> object:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from asrfleet.config import InstanceConfig
-from asrfleet.fleet.cli import build_parser, fleet_options
 from asrfleet.fleet.gpus import Gpu
 from asrfleet.fleet.plan import FleetOptions, PlanError, plan_fleet
 
@@ -21,7 +20,7 @@ SOCKET_CPUS = [
     frozenset(range(0, 16)) | frozenset(range(32, 48)),
     frozenset(range(16, 32)) | frozenset(range(48, 64)),
 ]
-TODAYS_SPLIT = ["0-7,32-39", "8-15,40-47", "16-23,48-55", "24-31,56-63"]  # every core over 4 slots
+EVERY_CORE_SPLIT = ["0-7,32-39", "8-15,40-47", "16-23,48-55", "24-31,56-63"]  # every core over 4 slots
 
 
 def eight_gpus(near: list[frozenset[int]]) -> list[Gpu]:
@@ -242,14 +241,14 @@ def test_per_gpu_instances_share_their_gpus_socket():
 )
 def test_near_sets_that_tell_nothing_split_every_core(near):
     p = plan(gpus=eight_gpus(near)[:4], cores=TWO_SOCKETS)
-    assert [c.cpus for c in p.configs] == TODAYS_SPLIT
+    assert [c.cpus for c in p.configs] == EVERY_CORE_SPLIT
     assert p.warnings == ()
 
 
 @pytest.mark.parametrize(
     ("cores", "cpus", "warnings"),
     [
-        (TWO_SOCKETS, TODAYS_SPLIT, ()),
+        (TWO_SOCKETS, EVERY_CORE_SPLIT, ()),
         ([(0,), (1,), (2,)], [""] * 4, ("4 GPU slots but 3 CPU cores: the instances share every CPU",)),
     ],
     ids=["enough cores", "too few cores: no word on sockets"],
@@ -269,55 +268,3 @@ def test_a_socket_with_fewer_cores_than_its_slots_splits_every_core_with_a_warni
         "3 GPU slots on GPU 4,5,6 but 2 CPU cores near them (16-31,48-63): "
         "the blocks are cut from every core, whichever socket it is on",
     )
-
-
-def test_nginx_cores_are_kept_out_of_the_instances_blocks():
-    p = plan(gpus=GPUS[:2], cores=TWO_SOCKETS, nginx_cores=2)  # 32 cores: 30 for the instances
-    assert p.spec.nginx_cpus == {30, 31, 62, 63}  # the last two cores, with their hyperthreads
-    assert [c.cpus for c in p.configs] == ["0-14,32-46", "15-29,47-61"]
-    assert p.warnings == ()
-
-
-def test_nginx_cores_pin_even_a_single_instance():
-    p = plan(gpus=GPUS[:1], cpus=16, nginx_cores=1)
-    assert (p.spec.nginx_cpus, [c.cpus for c in p.configs]) == ({15}, ["0-14"])
-    assert plan(gpus=GPUS[:1], cpus=16).configs[0].cpus == ""  # without, it has the host to itself
-
-
-def test_nginx_cores_come_off_the_last_socket_of_gpus_near_their_cpus():
-    p = plan(gpus=pick(EIGHT, [0, 1, 4, 5]), cores=TWO_SOCKETS, nginx_cores=2)
-    assert p.spec.nginx_cpus == {30, 31, 62, 63}
-    assert blocks(p) == [
-        ("0", "0-7,32-39"),
-        ("1", "8-15,40-47"),
-        ("4", "16-22,48-54"),  # socket 1 keeps 14 cores for its two GPUs
-        ("5", "23-29,55-61"),
-    ]
-
-
-@pytest.mark.parametrize(
-    ("options", "warning"),
-    [
-        (
-            {"cpus": 4, "nginx_cores": 1},
-            "--nginx-cores 1 would leave 3 of 4 CPU cores for 4 GPU slots: nginx runs on any CPU",
-        ),
-        (
-            {"pin_cpus": False, "nginx_cores": 1},
-            "--nginx-cores needs the instances pinned: ignored with --no-pin-cpus",
-        ),
-    ],
-    ids=["too few cores", "not pinned"],
-)
-def test_nginx_cores_that_cannot_be_kept_are_not_kept(options, warning):
-    p = plan(**options)
-    assert p.spec.nginx_cpus == frozenset()
-    assert warning in p.warnings
-
-
-def test_the_command_line_passes_nginx_cores_and_refuses_a_negative_count():
-    args = build_parser().parse_args(["up", "--nginx-cores", "2"])
-    assert fleet_options(args).nginx_cores == 2
-    assert fleet_options(build_parser().parse_args(["up"])).nginx_cores == 0
-    with pytest.raises(ValueError, match="--nginx-cores must be 0 or more"):
-        fleet_options(build_parser().parse_args(["up", "--nginx-cores", "-1"]))

@@ -22,7 +22,6 @@ from supervisor.process import Subprocess
 
 from asrfleet.fleet.render import (
     nginx_command,
-    nginx_cpu_mask,
     nginx_test_command,
     render_fleet,
     render_nginx,
@@ -241,41 +240,17 @@ def directives(conf: str) -> str:
     return "\n".join(line.split("#", 1)[0] for line in conf.splitlines())
 
 
-@pytest.mark.parametrize("own_cpus", [False, True], ids=["nginx anywhere", "nginx on its own CPUs"])
-def test_nginx_config_passes_nginx_t(tmp_path: Path, own_cpus: bool) -> None:
+def test_nginx_config_passes_nginx_t(tmp_path: Path) -> None:
     binary = find_nginx()
     if binary is None:
         pytest.skip("no nginx binary on PATH or at /usr/sbin/nginx (Debian: apt-get install nginx)")
     spec = weird_spec(tmp_path / 'run dir 100% "q" \\b', nginx_binary=binary)
-    if own_cpus:
-        spec = dataclasses.replace(spec, nginx_cpus=frozenset({max(os.sched_getaffinity(0))}))
-        assert "worker_cpu_affinity" in directives(render_nginx(spec))
     write_fleet(spec)
     result = subprocess.run(
         nginx_test_command(spec, spec.nginx_conf), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
-
-
-@pytest.mark.parametrize(
-    ("cpus", "mask"),
-    [({0}, "1"), ({0, 2}, "101"), ({30, 31}, "11" + "0" * 30), (range(64, 66), "11" + "0" * 64)],
-)
-def test_nginx_cpu_mask_has_cpu_0_rightmost(cpus, mask: str) -> None:
-    assert nginx_cpu_mask(cpus) == mask
-
-
-@pytest.mark.parametrize("cpus", [set(), {-1, 3}])
-def test_nginx_cpu_mask_refuses_what_is_no_cpu_set(cpus) -> None:
-    with pytest.raises(ValueError, match="CPU numbers"):
-        nginx_cpu_mask(cpus)
-
-
-def test_nginx_workers_run_on_their_own_cpus_only_when_given() -> None:
-    assert "worker_cpu_affinity" not in directives(render_nginx(golden_spec()))
-    spec = dataclasses.replace(golden_spec(), nginx_cpus=frozenset({14, 15}))
-    assert re.search(r"^worker_cpu_affinity auto 1100000000000000;$", directives(render_nginx(spec)), re.M)
 
 
 def test_nginx_limits_and_routing() -> None:

@@ -158,10 +158,11 @@ def test_socket_path_length_is_checked() -> None:
         fleet(run_dir=Path(str(fits) + "r"))
 
 
-def test_the_state_file_keeps_nginx_s_cpus_and_reads_older_files_without_them() -> None:
-    spec = fleet(instance(0, gpu="0"), instance(1, gpu="1"), nginx_cpus=frozenset({31, 30}))
+def test_the_state_file_reads_back_the_fleet_it_was_written_from() -> None:
+    spec = fleet(instance(0, gpu="0"), instance(1, gpu="1"), draining=frozenset({"asr-1"}))
     data = json.loads(json.dumps(state.to_dict(spec)))  # as written to and read from fleet.json
-    assert data["nginx_cpus"] == [30, 31]
+    assert data["draining"] == ["asr-1"]
     assert state.from_dict(data) == spec
-    del data["nginx_cpus"]  # a fleet.json from before --nginx-cores
-    assert state.from_dict(data).nginx_cpus == frozenset()
+    data["retired_setting"] = [30, 31]  # a key another version of the launcher wrote
+    data["instances"][0]["retired_setting"] = 1
+    assert state.from_dict(data) == spec
