@@ -120,16 +120,15 @@ def direct_samples(frame: av.AudioFrame) -> np.ndarray | None:
     """A 16 kHz mono frame's samples as float32 without FFmpeg's resampler; None for others.
 
     Speech is mostly recorded at 16 kHz mono already (aishell, telephone bands upsampled, what
-    FunASR expects), and then the resampler only converts the sample format, frame by frame, at
-    about half the cost of decoding (2.3 ms of a 4.2 ms 5-second MP3 on the CI machine). Its
-    conversions are exact: float stays float, and 16-bit integers are scaled by 2^-15, which is
-    what this does; a test checks both give the same samples.
+    FunASR expects), and then the resampler would only convert the sample format, frame by frame,
+    at a cost close to that of decoding itself. Its conversions are exact: float stays float, and
+    16-bit integers are scaled by 2^-15, which is what this does; a test checks both give the same
+    samples.
 
     The samples are read from the frame's one plane as they lie, not through `to_ndarray`, which
-    builds a 2-D array plane by plane with `np.vstack` for every frame: decoding a 5-second MP3
-    took 2.2 ms of a worker's CPU instead of 3.1 (session 15, on the CI machine). A plane may be
-    padded past its samples, hence `count`; float samples are copied, so that no frame outlives
-    its turn (an hour of MP3 is 50 000 of them).
+    builds a 2-D array plane by plane with `np.vstack` for every frame, a large share of a worker's
+    CPU a recording. A plane may be padded past its samples, hence `count`; float samples are
+    copied, so that no frame outlives its turn (an hour of MP3 is 50 000 of them).
     """
     if frame.sample_rate != SAMPLE_RATE or len(frame.layout.channels) != 1:
         return None

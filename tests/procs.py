@@ -28,7 +28,7 @@ def free_port() -> int:
 def free_ports(count: int) -> int:
     """The first of `count` consecutive ports that are free now, below the kernel's ephemeral range
     (32768 and up by default): there, a client's outgoing connection cannot take one of them
-    between this check and the server's bind, as happened to `free_port() + 1`."""
+    between this check and the server's bind, as it can take `free_port() + 1`."""
     rng = random.Random()
     for _ in range(200):
         first = rng.randrange(20000, 32000 - count)

@@ -129,8 +129,8 @@ async def until_done_or_interrupted(workers: list[asyncio.Task]) -> None:
     """Wait for the workers; on Ctrl-C (SIGINT), cancel them and raise `Interrupted`.
 
     The signal handler only sets an event. asyncio's own handling cancels the main task and counts
-    on every library under it to pass the cancellation on; once, a batch interrupted that way ran
-    to its end and exited 0. A second Ctrl-C gets Python's default: KeyboardInterrupt at once.
+    on every library under it to pass the cancellation on: one that swallows it lets the batch run
+    to its end and exit 0. A second Ctrl-C gets Python's default: KeyboardInterrupt at once.
     """
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()

@@ -54,7 +54,7 @@ def build_app(
         enable_monitoring=False,
     )
     # gr.mount_gradio_app leaves has_launched False, and Gradio then skips its check that a file a
-    # request names was uploaded by a client (a queue/join naming /etc/passwd was read). A
+    # request names was uploaded by a client (a queue/join naming /etc/passwd would be read). A
     # mounted app is launched as far as that check is concerned. The UI handler checks as well.
     demo.has_launched = True
     return app

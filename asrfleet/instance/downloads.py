@@ -1,7 +1,7 @@
 """Download links for a transcript (txt, srt, vtt, json), served by the instance itself.
 
-The UI used to hand Gradio three files per request, and Gradio hashed and copied each into its
-cache: most of the web server's time per request at a few dozen requests a second. Instead one
+Gradio hashes and copies every file an event returns into its cache, which would cost the web
+server more than the rest of a request if the UI returned the four formats as files. Instead one
 small JSON file is saved per transcript, and `/downloads/{token}/{name}.{format}` renders the
 format when someone clicks. Links are relative, so they work through nginx (the routing cookie
 brings the browser back to this instance), under a root path and through an SSH tunnel alike.

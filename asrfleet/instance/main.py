@@ -126,11 +126,10 @@ def _exit(state: LoadState, server: uvicorn.Server, why: str, code: int) -> None
 
 def _gpu_allocator() -> None:
     """PyTorch's CUDA allocator grows its segments instead of reserving new fixed ones (unless the
-    user configured it). Batches of ever-new shapes, plus the CUDA graphs' own memory pool, left
-    so much reserved and unused that a 3-hour recording peaked at 4.42 GB (NVML) on an H200, over
-    the 4 GB bound; with expandable segments, 3.55 GB; without graphs, 2.55 GB
-    (`benchmarks/results/README.md`). Set before the engine process starts: it inherits it, and
-    PyTorch reads it when CUDA first allocates."""
+    user configured it). Batches of ever-new shapes, plus the CUDA graphs' own memory pool, leave
+    fixed segments reserved but unused, so an instance's GPU memory would keep growing over a long
+    recording; expandable segments let the allocator grow the segments it has instead. Set before
+    the engine process starts: it inherits it, and PyTorch reads it when CUDA first allocates."""
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 
 
@@ -148,7 +147,7 @@ def _temp_dirs(config: InstanceConfig) -> tuple[InstanceDirs, bool]:
         folder.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(dirs.gradio)
     # Gradio rebuilds a pandas table of its last 10 000 events after every event, for a
-    # monitoring page we turn off: at 50 requests a second that cost more than serving them.
+    # monitoring page we turn off: under load, that would cost more than serving the requests.
     os.environ.setdefault("GRADIO_ANALYTICS_MAX_EVENTS", "1000")
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1000")
     os.environ["TMPDIR"] = str(dirs.work)

@@ -4,7 +4,7 @@
   every request of one Gradio session (upload, join, event stream) reaches the same process.
 * Requests in flight, the time since the last one, and uploads whose transcription has not
   started yet: the launcher drains an instance before a restart by waiting until all three say it
-  is quiet (reported by /readyz). A Gradio client uploads, then joins the queue in a second
+  is quiet (reported by /stats). A Gradio client uploads, then joins the queue in a second
   request; an instance stopped between the two would lose an upload it had accepted.
 """
 

@@ -196,7 +196,8 @@ def build_paraformer(
 
 def built_paraformer(work: Path | str, size: str, model_class: str = MODEL_CLASSES[0]) -> Path:
     """The model of this size and class under `work`, built there the first time it is asked for.
-    Each class has a folder of its own; BiCifParaformer's keeps the name earlier runs gave it."""
+    Each class has a folder of its own: BiCifParaformer's is "paraformer-SIZE", the others' add
+    the class's name."""
     suffix = "" if model_class == MODEL_CLASSES[0] else f"-{model_class.lower()}"
     folder = Path(work) / f"paraformer-{size}{suffix}"
     if not (folder / "model.pt").exists():
