@@ -24,8 +24,6 @@ WHISPER_DEFAULT = "large-v3"
 
 ENGINES = ("paraformer", "whisper")
 DEVICES = ("auto", "cpu", "cuda")
-GPU_WAITS = ("block", "spin")
-VAD_SCORES = ("workers", "engine", "process")
 
 
 @dataclass(frozen=True)
@@ -44,16 +42,12 @@ class InstanceConfig:
     device: str = "auto"
     fp16: bool = False
     no_cuda_graphs: bool = False  # every batch op by op (debugging; slower for short segments)
-    gpu_wait: str = "block"  # how the engine waits for the GPU: "block" (sleeps) or "spin"
-    vad_scores: str = "workers"  # where FSMN-VAD's network runs: "workers", "engine" or "process"
     gpu_memory_share: float = 0.5  # of the GPU memory free at startup, for batches
     batch_size_s: int = 300
     max_file_size: int = 1024**3
     max_duration_s: float = 5 * 3600.0
     max_queue: int = 256
     workers: int = 0
-    worker_threads: int = 1  # torch CPU threads in each audio worker (its filterbank, the VAD network)
-    engine_cores: int = 0  # the instance's first cores, which its audio workers leave free
     threads: int = 0
     in_process: bool = False  # the engine in the web server's process (debugging; slower under load)
     cpus: str = ""  # a CPU list ("0-15") this instance and its processes run on; "" = wherever allowed
@@ -65,17 +59,11 @@ class InstanceConfig:
             raise ValueError(f"unknown engine {self.engine!r}; choose from {', '.join(ENGINES)}")
         if self.device not in DEVICES:
             raise ValueError(f"unknown device {self.device!r}; choose from {', '.join(DEVICES)}")
-        for field in ("port", "batch_size_s", "max_file_size", "max_queue", "worker_threads"):
+        for field in ("port", "batch_size_s", "max_file_size", "max_queue"):
             if getattr(self, field) <= 0:
                 raise ValueError(f"{field} must be positive")
-        if self.engine_cores < 0:
-            raise ValueError("engine_cores must be 0 or more")
         if self.max_duration_s <= 0:
             raise ValueError("max_duration_s must be positive")
-        if self.gpu_wait not in GPU_WAITS:
-            raise ValueError(f"unknown GPU wait {self.gpu_wait!r}; choose from {', '.join(GPU_WAITS)}")
-        if self.vad_scores not in VAD_SCORES:
-            raise ValueError(f"unknown --vad-scores {self.vad_scores!r}; choose from {', '.join(VAD_SCORES)}")
         if not 0 < self.gpu_memory_share <= 1:
             raise ValueError("gpu_memory_share must be in (0, 1]")
         if self.cpus:
@@ -109,16 +97,12 @@ class InstanceConfig:
             device=args.device,
             fp16=args.fp16,
             no_cuda_graphs=args.no_cuda_graphs,
-            gpu_wait=args.gpu_wait,
-            vad_scores=args.vad_scores,
             gpu_memory_share=args.gpu_memory_share,
             batch_size_s=args.batch_size_s,
             max_file_size=parse_size(args.max_file_size),
             max_duration_s=args.max_duration,
             max_queue=args.max_queue,
             workers=args.workers,
-            worker_threads=args.worker_threads,
-            engine_cores=args.engine_cores,
             threads=args.threads,
             in_process=args.in_process,
             cpus=args.cpus,
@@ -220,23 +204,6 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         help="run every GPU batch op by op instead of replaying CUDA graphs (paraformer; debugging)",
     )
     g.add_argument(
-        "--gpu-wait",
-        choices=GPU_WAITS,
-        default=d.gpu_wait,
-        help="how the engine waits for its GPU: block (sleeps, the default) or spin (a CPU core "
-        "polls: a few microseconds sooner, and one core less for everything else)",
-    )
-    g.add_argument(
-        "--vad-scores",
-        choices=VAD_SCORES,
-        default=d.vad_scores,
-        help="where FSMN-VAD's network runs (paraformer): in each audio worker on the CPU (the "
-        "default); or batched on the instance's device, in the engine process (engine) or in a "
-        "process of its own (process). Both take a third of the CPU a request off the workers, but "
-        "their round trips cost about as much, and one instance ran 19 %% and 7 %% slower "
-        "(benchmarks/results/sessions.md, session 27)",
-    )
-    g.add_argument(
         "--gpu-memory-share",
         type=float,
         default=d.gpu_memory_share,
@@ -256,22 +223,6 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=d.workers,
         help="audio decoding/VAD processes per instance (0: choose from the CPU count)",
-    )
-    g.add_argument(
-        "--worker-threads",
-        type=int,
-        default=d.worker_threads,
-        help="torch CPU threads in each audio process; on the 4x H200 host 2 doubled their CPU a request "
-        "and slowed a fleet of 4 by half (benchmarks/results/sessions.md, session 14)",
-    )
-    g.add_argument(
-        "--engine-cores",
-        type=int,
-        default=d.engine_cores,
-        help="whole cores, the first of the instance's CPUs, that its audio workers leave to the web "
-        "server and the engine, so that these need not wait behind decoding for a CPU (paraformer; "
-        "kept only where at least 4 cores remain for the workers; default 0: 2 made a fleet of 2 no "
-        "faster on the 2x H200 host, benchmarks/results/sessions.md, session 23)",
     )
     g.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: choose)")
     g.add_argument(

@@ -1,14 +1,11 @@
 """The host's CPUs: Linux CPU lists ("0-15,32-47"), its physical cores, and shares of them.
 
 The launcher gives each GPU slot of a fleet its own block of whole cores (`split_cores`) and each
-instance runs on its slot's block (`python -m instances --cpus`), as it runs on its GPU. Why: on
-the 2x H200 host, a fleet of 2 whose instances shared all 32 CPUs ran 3 442x real time, 1.83x its
-instances alone; each on its own 16, 3 603x and 3 543x, 1.95x and 1.93x, the same machine one run
-after the other (`benchmarks/results/sessions.md`, session 19), but 1.83x pinned against 1.86x
-unpinned in session 20: within the runs' spread. What it guarantees is isolation: one instance's
-audio workers, web server and engine never run on another instance's CPUs, so a burst of decoding
-for one GPU cannot take the CPUs that another GPU's engine needs. Where NVML names each GPU's
-nearest CPUs (`cpus_from_mask`; its socket's, on a host of several), the blocks come from those
+instance runs on its slot's block (`python -m asrfleet.instance --cpus`), as it runs on its GPU.
+It is there for isolation, not speed: one instance's audio workers, web server and engine never
+run on another instance's CPUs, so a burst of decoding for one GPU cannot take the CPUs that
+another GPU's engine needs. Where NVML names each GPU's nearest CPUs
+(`cpus_from_mask`; its socket's, on a host of several), the blocks come from those
 (`asrfleet/fleet/plan.py`), so an instance's memory and PCIe traffic stay on its GPU's socket.
 """
 
@@ -103,23 +100,6 @@ def split_cores(cores: list[Core], shares: int) -> list[frozenset[int]] | None:
         blocks.append(frozenset(cpu for core in cores[start:end] for cpu in core))
         start = end
     return blocks
-
-
-def without_first_cores(
-    allowed: frozenset[int], count: int, min_left: int = 4, sysfs: Path = SYSFS_CPUS
-) -> frozenset[int]:
-    """`allowed` less the CPUs of its first `count` whole cores; all of `allowed` where that would
-    leave fewer than `min_left` cores.
-
-    An instance's audio workers run on what this leaves, so that the engine's GPU thread and the
-    web server, which every prepared request waits for, find a free core the moment they wake.
-    """
-    if count < 1:
-        return allowed
-    cores = read_cores(set(allowed), sysfs)
-    if len(cores) - count < min_left:
-        return allowed
-    return frozenset(cpu for core in cores[count:] for cpu in core)
 
 
 def check_available(cpus: frozenset[int], option: str = "--cpus") -> None:

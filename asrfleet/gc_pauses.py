@@ -2,13 +2,9 @@
 
 CPython's cyclic collector runs in whichever thread allocates past its threshold, and holds the GIL
 until it is done. A full collection walks every object the collector tracks: after torch and FunASR
-are imported, about half a million, which takes a few hundred milliseconds (about 330 ms in an
-engine on the H200 host). Whatever thread runs one stops the GPU thread for that long (it cannot
-take the GIL back after a CUDA wait), and the GPU idles. This was the "slow state" of sessions 24
-and 25, found in session 26 on 2x H200 (`benchmarks/results/sessions.md`): without the freeze, the 2
-of 14 measurements (5 s each) that held a full collection were the 2 where the GPU idled 6-7 %
-mid-batch, with 409 and 437 ms of pauses against 75-98 ms in the others; with it, 13 of 13 held one
-or two full collections, pauses came to 84-129 ms, and the GPU idled at most 1 % mid-batch.
+are imported, about half a million, which takes hundreds of milliseconds. Whatever thread runs one
+stops the GPU thread for that long (it cannot take the GIL back after a CUDA wait), and the GPU
+idles.
 
 `freeze_loaded()` moves everything alive after loading into the permanent generation, which
 no collection walks (`gc.freeze`), so later collections only walk what serving created. Garbage

@@ -47,17 +47,16 @@ def set_threads(requested: int, device: str) -> int:
     return threads
 
 
-_CU_CTX_SCHED_SPIN = 0x01
 _CU_CTX_SCHED_BLOCKING_SYNC = 0x04
 
 
-def set_gpu_wait(mode: str, device: str) -> bool:
-    """How this process waits for its GPU (each `.cpu()` of a result waits): sleep or spin.
+def set_blocking_sync(device: str) -> bool:
+    """Make this process's waits for its GPU (each `.cpu()` of a result waits) sleep, not spin.
 
     CUDA's default spins: the thread that waits keeps one CPU core polling for as long as the GPU
-    works. An engine waits for most of every batch, and with four instances on a host those four
+    works. An engine waits for most of every batch, and with several instances on a host those
     polling cores slow the instances' web servers and audio workers (cores share clocks and, on
-    most cloud VMs, a physical core). "block" makes the waits sleep until the GPU signals.
+    most cloud VMs, a physical core). Blocking sync makes the waits sleep until the GPU signals.
 
     Set on the device's primary context through the driver API (PyTorch has no call for it);
     CUDA allows changing the scheduling flags while the context is active. False where there is
@@ -65,7 +64,6 @@ def set_gpu_wait(mode: str, device: str) -> bool:
     """
     if not device.startswith("cuda"):
         return False
-    flags = _CU_CTX_SCHED_BLOCKING_SYNC if mode == "block" else _CU_CTX_SCHED_SPIN
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
@@ -76,8 +74,8 @@ def set_gpu_wait(mode: str, device: str) -> bool:
     ok = (
         cuda.cuInit(0) == 0
         and cuda.cuDeviceGet(ctypes.byref(handle), index) == 0
-        and set_flags(handle, flags) == 0
+        and set_flags(handle, _CU_CTX_SCHED_BLOCKING_SYNC) == 0
     )
     if not ok:
-        log.warning("could not set how the engine waits for the GPU (%s); CUDA's default applies", mode)
+        log.warning("could not make the engine's GPU waits sleep; CUDA's default (spinning) applies")
     return ok

@@ -229,8 +229,8 @@ class _Answerer:
     answered from the future's callback; any other gets a thread per transcription, which waits.
 
     Threads that only wait cost little, but every one that wakes takes the GIL, which the GPU
-    thread needs between its CUDA calls: with 64 requests in flight on an H200, the engine
-    process's threads together held the GIL most of the time.
+    thread needs between its CUDA calls: with many requests in flight, a thread per request would
+    together hold the GIL much of the time.
     """
 
     def __init__(self, engine, conn: Connection, threads: int, pauses: GcPauses) -> None:

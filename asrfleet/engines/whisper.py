@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from asrfleet.audio import AudioLimits, check_not_silent, decode_audio
+from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
-from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait
+from asrfleet.engines.device import available_cpus, pick_device, set_blocking_sync
 from asrfleet.errors import NoSpeech
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Sentence, Transcript
@@ -43,7 +43,7 @@ class WhisperTranscriber:
         model_dir = resolve(ModelRequest(cfg.model, "whisper", "--model"), cfg.hub, cfg.model_cache)
         self.device = pick_device(cfg.device)
         on_gpu = self.device.startswith("cuda")
-        set_gpu_wait(cfg.gpu_wait, self.device)
+        set_blocking_sync(self.device)
         self._model = WhisperModel(
             str(model_dir),
             device="cuda" if on_gpu else "cpu",
@@ -83,7 +83,7 @@ class WhisperTranscriber:
         return Transcript(
             text=text,
             sentences=sentences,
-            duration=samples.size / 16000,
+            duration=samples.size / SAMPLE_RATE,
             language=info.language,
             model=self.model_name,
             timings={"total_s": time.perf_counter() - started},
@@ -99,4 +99,4 @@ class WhisperTranscriber:
 
 def _warm_up_audio() -> np.ndarray:
     rng = np.random.default_rng(0)
-    return (rng.standard_normal(16000) * 0.01).astype(np.float32)
+    return (rng.standard_normal(SAMPLE_RATE) * 0.01).astype(np.float32)

@@ -21,14 +21,10 @@ def test_argv_round_trip():
         device="cpu",
         fp16=True,
         no_cuda_graphs=True,
-        gpu_wait="spin",
-        vad_scores="engine",
         batch_size_s=120,
         max_file_size=2**20,
         max_duration_s=60.0,
         workers=3,
-        worker_threads=2,
-        engine_cores=2,
         threads=2,
         in_process=True,
         temp_dir=Path("/t"),
@@ -53,8 +49,7 @@ def test_whisper_takes_no_vad_or_punc():
         (["--port", "0"], "port must be positive"),
         (["--max-file-size", "lots"], "lots"),
         (["--engine", "kaldi"], "invalid choice: 'kaldi'"),
-        (["--worker-threads", "0"], "worker_threads must be positive"),
-        (["--engine-cores", "-1"], "engine_cores must be 0 or more"),
+        (["--max-queue", "0"], "max_queue must be positive"),
     ],
 )
 def test_bad_arguments_exit_2_with_the_reason(argv, reason, capsys):
@@ -62,14 +57,3 @@ def test_bad_arguments_exit_2_with_the_reason(argv, reason, capsys):
         InstanceConfig.from_argv(argv)
     assert exited.value.code == 2
     assert reason in capsys.readouterr().err
-
-
-def test_gpu_wait_is_checked():
-    with pytest.raises(ValueError, match="GPU wait"):
-        InstanceConfig(gpu_wait="poll")
-
-
-def test_where_the_vad_network_runs_is_checked():
-    assert InstanceConfig.from_argv(["--vad-scores", "workers"]).vad_scores == "workers"
-    with pytest.raises(ValueError, match="vad-scores"):
-        InstanceConfig(vad_scores="gpu")

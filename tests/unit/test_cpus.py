@@ -16,7 +16,6 @@ from asrfleet.cpus import (
     parse_cpu_list,
     read_cores,
     split_cores,
-    without_first_cores,
 )
 
 
@@ -126,21 +125,6 @@ def test_split_cores_gives_the_cores_left_over_to_the_first_blocks():
 def test_split_cores_needs_a_core_per_share():
     assert split_cores([(0,), (1,)], 3) is None
     assert split_cores([(0,)], 0) is None
-
-
-def test_without_first_cores_takes_whole_cores_off_the_front(tmp_path):
-    sysfs = fake_sysfs(tmp_path, TWO_SOCKETS)
-    assert without_first_cores(frozenset(range(8)), 1, min_left=2, sysfs=sysfs) == {1, 5, 2, 6, 3, 7}
-    assert without_first_cores(frozenset(range(8)), 2, min_left=2, sysfs=sysfs) == {2, 6, 3, 7}
-    # an instance pinned to the second socket keeps its own first core
-    assert without_first_cores(frozenset({2, 3, 6, 7}), 1, min_left=1, sysfs=sysfs) == {3, 7}
-
-
-def test_without_first_cores_leaves_small_blocks_whole(tmp_path):
-    block = frozenset(range(6))
-    assert without_first_cores(block, 2, min_left=5, sysfs=tmp_path) == block  # 4 would be left
-    assert without_first_cores(block, 2, min_left=4, sysfs=tmp_path) == {2, 3, 4, 5}
-    assert without_first_cores(block, 0, sysfs=tmp_path) == block
 
 
 PIN = textwrap.dedent(

@@ -1,4 +1,4 @@
-"""How an engine waits for its GPU: CUDA's default spins a core; "block" sleeps."""
+"""How an engine waits for its GPU: CUDA's default spins a core; blocking sync sleeps."""
 
 from __future__ import annotations
 
@@ -8,16 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from asrfleet.engines.device import set_gpu_wait
+from asrfleet.engines.device import set_blocking_sync
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A fresh process per mode: the flag belongs to the process's CUDA context. It prints the CPU
+# A fresh process per case: the flag belongs to the process's CUDA context. It prints the CPU
 # seconds the process spent while the GPU slept for about half a second.
 _WAIT = """
 import time, torch
-from asrfleet.engines.device import set_gpu_wait
-assert set_gpu_wait(sys.argv[1], "cuda:0")
+from asrfleet.engines.device import set_blocking_sync
+if sys.argv[1] == "block":
+    assert set_blocking_sync("cuda:0")
 torch.zeros(1, device="cuda")
 torch.cuda.synchronize()
 cpu, wall = time.process_time(), time.perf_counter()
@@ -28,7 +29,7 @@ print(time.process_time() - cpu, time.perf_counter() - wall)
 
 
 def test_no_gpu_no_flag():
-    assert set_gpu_wait("block", "cpu") is False
+    assert set_blocking_sync("cpu") is False
 
 
 def _cpu_while_waiting(mode: str) -> tuple[float, float]:
@@ -42,7 +43,7 @@ def _cpu_while_waiting(mode: str) -> tuple[float, float]:
 
 @pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a GPU")
 def test_block_sleeps_while_the_gpu_works():
-    spin_cpu, spin_wall = _cpu_while_waiting("spin")
+    spin_cpu, spin_wall = _cpu_while_waiting("default")  # CUDA's default: the waiting thread spins
     block_cpu, block_wall = _cpu_while_waiting("block")
     assert spin_wall > 0.2 and block_wall > 0.2  # the GPU did sleep
     assert spin_cpu > 0.8 * spin_wall  # a core polled the whole time

@@ -12,7 +12,6 @@ from asrfleet.engines.funasr.gpu_clock import (
     END,
     START,
     WEIGHTS,
-    WOKE,
     BatchMarks,
     GpuClock,
 )
@@ -28,12 +27,11 @@ class FakeEvent:
         return other.ms - self.ms
 
 
-def marks(host: dict[str, tuple[float, float]] | None = None, **at_ms: float) -> BatchMarks:
-    """Events at `at_ms` on the GPU's clock; `host`: the host's (wall, CPU) seconds by mark."""
+def marks(**at_ms: float) -> BatchMarks:
+    """Events at `at_ms` on the GPU's clock."""
     names = {"start": START, "weights": WEIGHTS, "encoded": ENCODED, "decoding": DECODING, "end": END}
     out = BatchMarks(torch.device("cuda"))
     out.events = {names[name]: FakeEvent(ms) for name, ms in at_ms.items()}
-    out.host = dict(host or {})
     return out
 
 
@@ -51,45 +49,14 @@ def test_work_mid_batch_wait_and_gaps_between_batches():
         "gpu_cif_wait_s": 0.003,
         "gpu_between_s": 0.005,
         "gpu_idle_s": 0.0,
-        "gpu_cif_cover_s": 0.0,
-        "cif_host_s": 0.0,
-        "cif_host_cpu_s": 0.0,
-        "cif_late_s": 0.0,
-        "cif_waited_batches": 0,
-        "cif_woke_into_host_batches": 0,
-        "cif_waited_into_host_batches": 0,
     }
 
 
-def test_the_mid_batch_wait_taken_apart():
+def test_the_weights_mark_counts_as_work():
+    """The weights' copy sits inside the encoding: the wait is from ENCODED to DECODING only."""
     clock = GpuClock()
-    # The timestamp head covers 5 ms (weights at 5, encoded at 10); the host ran 2 ms (1 ms of CPU)
-    # from waking to queuing the decoder, and the GPU still waited 3 ms: it woke 6 ms late.
-    late = {WOKE: (100.0, 7.0), DECODING: (100.002, 7.001)}
-    clock.add(marks(late, start=0.0, weights=5.0, encoded=10.0, decoding=13.0, end=20.0))
-    # In time: 1 ms of host work inside 5 ms of cover, no wait, nothing late counted.
-    in_time = {WOKE: (200.0, 8.0), DECODING: (200.001, 8.001)}
-    clock.add(marks(in_time, start=20.0, weights=25.0, encoded=30.0, decoding=30.0, end=40.0))
-    # Without the host's notes (an eager batch), the parts are not counted.
-    clock.add(marks(start=40.0, weights=45.0, encoded=50.0, decoding=52.0, end=60.0))
-    assert (clock.woke_into_host, clock.waited_into_host) == (0, 0)
-    # Woke while the host thread was mid-segment, and waited: counted as both.
-    into = marks(late, start=60.0, weights=65.0, encoded=70.0, decoding=73.0, end=80.0)
-    into.woke_into_host = True
-    clock.add(into)
-    assert (clock.woke_into_host, clock.waited_into_host, clock.waited) == (1, 1, 2)
-    assert abs(clock.cover_s - 0.015) < 1e-9
-    assert abs(clock.cif_host_s - 0.005) < 1e-6
-    assert abs(clock.cif_host_cpu_s - 0.003) < 1e-6
-    assert abs(clock.late_s - 0.012) < 1e-6
-    assert abs(clock.cif_wait_s - 0.008) < 1e-9  # every wait, the eager batch's too
-
-
-def test_the_host_notes_its_clocks_only_beside_a_gpu():
-    gpu, cpu = BatchMarks(torch.device("cuda")), BatchMarks(torch.device("cpu"))
-    gpu.note(WOKE)
-    cpu.note(WOKE)
-    assert set(gpu.host) == {WOKE} and cpu.host == {}
+    clock.add(marks(start=0.0, weights=5.0, encoded=10.0, decoding=13.0, end=20.0))
+    assert abs(clock.work_s - 0.017) < 1e-9 and abs(clock.cif_wait_s - 0.003) < 1e-9
 
 
 def test_a_long_gap_is_an_idle_gpu_not_a_slow_host():

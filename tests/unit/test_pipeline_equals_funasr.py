@@ -19,7 +19,6 @@ from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.engines.funasr import cif
 from asrfleet.engines.funasr.transcriber import FunasrTranscriber
-from asrfleet.errors import AsrError
 
 FORMATS = ["wav", "mp3", "flac", "m4a"]
 
@@ -94,39 +93,6 @@ def test_sixteen_at_a_time(ours, reference_pipeline, recordings):
         assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
 
 
-@pytest.mark.parametrize("place", ["engine", "process"])
-def test_the_vad_network_outside_the_workers_changes_no_transcript(
-    model_dirs, vad_dir, reference_pipeline, recordings, place
-):
-    """`--vad-scores engine` and `process`: the workers ask the engine, or a scorer process of
-    its own, for the VAD network's output, batched across requests (`vad_scores.py`,
-    `vad_scorer.py`). The same transcripts."""
-    transcriber = make(model_dirs, vad_dir, vad_scores=place)
-    try:
-        with ThreadPoolExecutor(16) as pool:
-            transcripts = list(pool.map(lambda p: transcriber.transcribe(p, TranscribeOptions()), recordings))
-        scored = transcriber.stats()["vad_scores"]
-        assert scored["chunks"] >= len(recordings) and scored["batches"] <= scored["chunks"]
-        for path, transcript in zip(recordings, transcripts, strict=True):
-            assert as_funasr(transcript) == expected(funasr_result(reference_pipeline, path)), path.name
-    finally:
-        transcriber.close()
-
-
-def test_the_vad_network_failing_in_the_engine_fails_the_request_not_the_instance(
-    model_dirs, vad_dir, recordings, monkeypatch
-):
-    transcriber = make(model_dirs, vad_dir, punc=False, vad_scores="engine")
-    try:
-        with monkeypatch.context() as patch:
-            patch.setattr(transcriber._scores, "score", lambda requests: 1 / 0)
-            with pytest.raises(AsrError, match="voice activity detection failed on the server"):
-                transcriber.transcribe(recordings[0], TranscribeOptions())
-        assert transcriber.transcribe(recordings[0], TranscribeOptions()).text
-    finally:
-        transcriber.close()
-
-
 def test_stage_times_add_up_to_each_request_s_time(ours, recordings):
     """prepare + recognize + assemble is each request's whole time in the engine."""
     before = ours.stats()["stage_s"]
@@ -173,24 +139,61 @@ def test_audio_workers_yield_the_cpu_to_the_rest(ours):
     assert pids and all(os.getpriority(os.PRIO_PROCESS, pid) == expected for pid in pids)
 
 
-def test_audio_workers_leave_the_engine_cores_free(model_dirs, vad_dir, recordings, monkeypatch):
-    import os
+def test_a_job_whose_worker_dies_starts_over_as_its_next_attempt(monkeypatch, tmp_path):
+    """The pool without processes: the dead worker's messages are dropped, the job's next
+    attempt runs on another worker, and a job that loses two workers fails."""
+    import queue
+    import time
 
-    from asrfleet.cpus import read_cores
-    from asrfleet.engines.funasr import transcriber as module
+    from asrfleet.engines.funasr.pool import Failed, PreparePool, Retrying
+    from asrfleet.engines.funasr.prepare import PrepareSettings
+    from asrfleet.engines.funasr.segments import Attempt, Segmented
 
-    cores = read_cores()
-    if len(cores) < 2:
-        pytest.skip("one core: nothing to leave free")
-    monkeypatch.setattr(module, "MIN_WORKER_CORES", 1)  # this machine's few cores
-    transcriber = make(model_dirs, vad_dir, engine_cores=1)
+    class Worker:  # a worker process, as the pool sees one
+        pid, exitcode = None, -9
+
+        def join(self, timeout=None):
+            pass
+
+        def is_alive(self):
+            return False
+
+    def spawn(pool):
+        pool._procs[pool._next_id] = Worker()
+        pool._task_queues[pool._next_id] = queue.Queue()
+        pool._next_id += 1
+
+    monkeypatch.setattr(PreparePool, "_spawn", spawn)
+    monkeypatch.setattr(PreparePool, "_watch_workers", lambda pool: None)  # deaths come from the test
+    got = []
+    settings = PrepareSettings(asr_dir="asr", vad_dir="vad", limits=AudioLimits(2**20, 60.0))
+    pool = PreparePool(settings, 2, lambda job_id, message: got.append((job_id, message)))
+
+    def until(condition):
+        deadline = time.monotonic() + 10
+        while not condition():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+
     try:
-        expected = {cpu for core in cores[1:] for cpu in core}
-        pids = transcriber._pool.pids()
-        assert pids and all(os.sched_getaffinity(pid) == expected for pid in pids)
-        assert transcriber.transcribe(recordings[0], TranscribeOptions()).text  # they still work
+        for worker_id in (0, 1):
+            pool._results.put(("ready", worker_id, None, None))
+        until(lambda: len(pool._idle) == 2)
+        pool.submit("job", tmp_path / "a.wav")
+        assert pool._task_queues[0].get(timeout=10) == (Attempt("job", 0), str(tmp_path / "a.wav"))
+        pool._replace(0)  # worker 0 died holding the job: worker 1 takes its next attempt
+        assert pool._task_queues[1].get(timeout=10) == (Attempt("job", 1), str(tmp_path / "a.wav"))
+        assert got == [("job", Retrying())]
+        segmented = Segmented(duration=1.0, segments=[(0, 1000)])
+        pool._results.put(("message", 0, Attempt("job", 0), Segmented(duration=9.0, segments=[])))
+        pool._results.put(("message", 1, Attempt("job", 1), segmented))
+        until(lambda: len(got) == 2)
+        assert got[1] == ("job", segmented)  # and not the dead worker's, sent first
+        pool._replace(1)
+        assert got[2][0] == "job" and isinstance(got[2][1], Failed)
+        assert "crashed the audio decoder twice" in str(got[2][1].error)
     finally:
-        transcriber.close()
+        pool.close()
 
 
 def test_without_punctuation(model_dirs, vad_dir, recordings):

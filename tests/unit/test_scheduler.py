@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from asrfleet.engines.funasr.recognize import SegmentText
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget, _Queue, _Segment, select_batch
+from asrfleet.engines.funasr.segments import SegmentText
 
 
 def seg(key: str, index: int, frames: int) -> _Segment:
@@ -172,7 +172,7 @@ def test_the_gpu_threads_cpu_time_tells_work_from_waiting():
     assert waited.cpu_s < 0.02 and waited.busy_s >= 0.05
 
 
-def test_the_host_threads_cpu_time_is_its_python_not_its_waits():
+def test_the_host_threads_busy_time_counts_its_whole_part():
     def recognize(feats):
         def finish():
             time.sleep(0.05)  # as for the batch's end on the GPU
@@ -185,4 +185,3 @@ def test_the_host_threads_cpu_time_is_its_python_not_its_waits():
 
     stats = run_scheduler(recognize, Budget(max_frames=10), [(0, np.zeros((6, 4), np.float32))])[2].stats
     assert stats.host_busy_s >= 0.08
-    assert 0.03 <= stats.host_cpu_s < 0.06

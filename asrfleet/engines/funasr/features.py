@@ -4,10 +4,10 @@ FunASR computes a Kaldi filterbank twice for every recording: the VAD's frontend
 recording, then the ASR frontend over each speech segment again. Both use the same filterbank
 (16 kHz, 25 ms Hamming frames every 10 ms, 80 bins, no dither), and a frame depends only on its
 own 400 samples, so a segment that starts on a 10 ms boundary has exactly the frames the VAD had
-at the same place. Cutting them out saves the second filterbank, a sixth of a worker's CPU per
-recording; what the ASR frontend does after the filterbank (low frame rate stacking, CMVN) runs
-as before. `FbankReuse.check` proves the equality at startup, on this machine's filterbank
-implementation, and reuse stays off where it does not hold.
+at the same place. Cutting them out saves the second filterbank; what the ASR frontend does after
+the filterbank (low frame rate stacking, CMVN) runs as before. `FbankReuse.check` proves the
+equality at startup, on this machine's filterbank implementation, and reuse stays off where it
+does not hold.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import numpy as np
 import torch
 
 from asrfleet.audio import SAMPLE_RATE
+from asrfleet.engines.funasr.segments import FRAME_LENGTH_MS, FRAME_SHIFT_MS, SAMPLES_PER_MS, Span
 
 log = logging.getLogger(__name__)
 
-_MS = SAMPLE_RATE // 1000  # samples per millisecond
-_SHIFT = 10 * _MS  # samples between frames
-_LENGTH = 25 * _MS  # samples in a frame
+_SHIFT = FRAME_SHIFT_MS * SAMPLES_PER_MS  # samples between frames
+_LENGTH = FRAME_LENGTH_MS * SAMPLES_PER_MS  # samples in a frame
 _SETTINGS = ("fs", "window", "n_mels", "frame_length", "frame_shift", "dither")
 
 
@@ -78,9 +78,9 @@ class FbankReuse:
         if self._recording:
             self._frames.append(fbank)
 
-    def features(self, samples: np.ndarray, segment_ms: tuple[int, int]) -> np.ndarray:
+    def features(self, samples: np.ndarray, segment_ms: Span) -> np.ndarray:
         """The ASR features of samples[start:end] (ms), cut from the kept frames where possible."""
-        start, end = segment_ms[0] * _MS, min(segment_ms[1] * _MS, samples.size)
+        start, end = segment_ms[0] * SAMPLES_PER_MS, min(segment_ms[1] * SAMPLES_PER_MS, samples.size)
         piece = samples[start:end]
         frames = self._cut(start, piece.size) if self._recording else None
         if frames is None:
@@ -113,8 +113,8 @@ class FbankReuse:
         self.start(samples.size)
         find_speech(samples)
         for start_ms, end_ms in [(0, 730), (120, 1995), (500, 1000), (1000, int(seconds * 1000))]:
-            piece = samples[start_ms * _MS : end_ms * _MS]
-            frames = self._cut(start_ms * _MS, piece.size)
+            piece = samples[start_ms * SAMPLES_PER_MS : end_ms * SAMPLES_PER_MS]
+            frames = self._cut(start_ms * SAMPLES_PER_MS, piece.size)
             if frames is None or not _same(_after_fbank(self.asr_frontend, frames), piece, self.asr_frontend):
                 log.warning("ASR features are computed again for every segment: the VAD's frames differ")
                 self.enabled = False

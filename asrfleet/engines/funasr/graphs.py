@@ -1,9 +1,9 @@
 """CUDA graphs for the encoder and the decoder: a batch is a few launches, not thousands.
 
-A batch of short segments costs an H200 a few milliseconds of arithmetic, but eager PyTorch spends
-about 70 ms of host time launching the encoder's and decoder's ~3 000 kernels one by one, so the
-engine's GPU thread, not the GPU, bounds an instance (`benchmarks/results/recognizer_h200.txt`).
-A CUDA graph records those launches once and replays them with one call.
+A batch of short segments costs the GPU a few milliseconds of arithmetic, but eager PyTorch
+launches the encoder's and decoder's ~3 000 kernels one by one, each paid in host time, so the
+engine's GPU thread, not the GPU, bounds an instance. A CUDA graph records those launches once and
+replays them with one call.
 
 A graph replays fixed shapes at fixed addresses, so:
   * batches are padded up to bucket shapes (segments, frames, tokens). Padding changes no result:
@@ -13,9 +13,8 @@ A graph replays fixed shapes at fixed addresses, so:
     viewed in its shape). One thread runs the model, so two graphs never run at once;
   * a bucket is recorded the first time a batch needs it, unless a graph of a somewhat larger
     shape is already recorded: the batch is then padded to that shape and borrows it, until its
-    own shape has come `RECORD_AFTER` times. Recording stalls the GPU thread (about 0.1 s) and a
-    workload's rarest shapes keep coming for a long time (session 10: 5 to 10 new graphs in each
-    instance's first 4 000 requests after 500 had recorded 60 to 70), while replaying a larger
+    own shape has come `RECORD_AFTER` times. Recording stalls the GPU thread, and a workload's
+    rarest shapes keep coming long after its common ones are recorded, while replaying a larger
     graph costs the host nothing more and the GPU a little padding. All graphs share one memory
     pool, so together they hold about what the largest holds, not the sum.
 Batches over `max_frames` padded frames run eagerly: there the GPU is the bound, not the host.
@@ -23,14 +22,12 @@ Batches over `max_frames` padded frames run eagerly: there the GPU is the bound,
 The encoder's graph also computes the CIF predictor's weights (float32, as eagerly), which are
 copied to the host for the integrate-and-fire recurrence. BiCifParaformer's timestamp head (an
 upsampling convolution and a bidirectional LSTM over three times the frames) is a graph of its own,
-replayed right after: the GPU runs its LSTM, a few ms, while the host runs that recurrence.
-Eagerly, cuDNN launches two kernels per step and direction, about 1 100 for a batch of 4-second
-segments: 10 ms of host time, 40 % of the batch's.
+replayed right after: the GPU runs its LSTM while the host runs that recurrence. Eagerly, cuDNN
+launches two kernels per step and direction, hundreds a batch, each paid in host time.
 
 A batch's inputs reach the graphs through pinned buffers and its results leave through pinned
 copies that nobody waits for on the GPU thread: the host thread waits for them, while the GPU
-thread already pads and sends the next batch (on an H200, one instance under /v1 load at c=32 went
-from 1 218-1 318x to 1 354-1 386x real time, alternating, `benchmarks/results/sessions.md`, session 12).
+thread already pads and sends the next batch.
 
 With `capture` off, `GraphedModel` runs the same padded code eagerly: tests on the CPU check that
 padding to buckets changes no transcript.
@@ -49,10 +46,10 @@ from functools import cached_property, partial
 import numpy as np
 import torch
 
-from asrfleet.engines.funasr.gpu_clock import ENCODED, START, WEIGHTS, WOKE, BatchMarks, record_event
+from asrfleet.engines.funasr.gpu_clock import ENCODED, START, WEIGHTS, BatchMarks, record_event
+from asrfleet.engines.funasr.segments import FEATURE_DIM
 from asrfleet.engines.funasr.timestamps import has_timestamp_head, timestamp_alphas
 from asrfleet.engines.funasr.transfers import to_device, to_host
-from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +57,9 @@ log = logging.getLogger(__name__)
 # beyond, the GPU's work outweighs the launches). It bounds the memory that graphs hold.
 MAX_GRAPH_FRAMES = 4096
 # (up to this length, round up to a multiple of this step): finer where segments are common.
-# Coarse enough that a workload meets few shapes (each is recorded once, ~0.1 s), fine enough that
-# padding wastes little; segments over 512 frames (30 s) run eagerly, so long recordings'
-# batches (segments up to 60 s) cost no graph memory.
+# Coarse enough that a workload meets few shapes (each is recorded once, stalling the GPU thread),
+# fine enough that padding wastes little; segments over 512 frames (30 s) run eagerly, so long
+# recordings' batches (segments up to 60 s) cost no graph memory.
 FRAME_STEPS = ((64, 16), (256, 32), (512, 64))
 TOKEN_STEPS = ((128, 16), (1024, 32))
 ITEM_BUCKETS = (1, 2, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
@@ -149,7 +146,7 @@ def position_encoding(model: torch.nn.Module, frames: int, device: torch.device)
     if embed is None:
         return None
     positions = torch.arange(1, frames + 1, device=device)[None, :]
-    return embed.encode(positions, 560, torch.float32).to(device)
+    return embed.encode(positions, FEATURE_DIM, torch.float32).to(device)
 
 
 def decode_tokens(
@@ -256,10 +253,8 @@ class GraphedModel:
         dense: Dense,
         max_frames: int = MAX_GRAPH_FRAMES,
         capture: bool = True,
-        turns: Turns | None = None,
     ) -> None:
         self.model = model
-        self.turns = turns or Turns()  # where the GPU thread sleeps here (`turns.py`)
         self.device = device
         self.dense = dense  # the autocast and backend settings the model runs under
         self.max_frames = max_frames
@@ -287,7 +282,7 @@ class GraphedModel:
             self._slots = Slots(
                 self.device,
                 {
-                    "feats": (n * 560, torch.float32),
+                    "feats": (n * FEATURE_DIM, torch.float32),
                     "frame_mask": (n, torch.bool),
                     "encoded": (n * d, torch.float32),
                     "memory": (n * d, torch.float32),
@@ -310,19 +305,19 @@ class GraphedModel:
         predictor's weights are copied to the host between them, so that the host runs the
         integrate-and-fire recurrence (`cif.fire_tokens`) while the GPU runs the head's LSTM.
         `marks`: where the batch's GPU work starts (START), where the weights' copy is queued
-        (WEIGHTS), where its encoding ends (ENCODED), and when the host has the weights (WOKE).
+        (WEIGHTS), and where its encoding ends (ENCODED).
         """
         marks = marks or BatchMarks(self.device)
         lengths = [f.shape[0] for f in feats]
         shape = self._shape(len(feats), max(lengths))
-        if shape is None or feats[0].shape[1] != 560:
+        if shape is None or feats[0].shape[1] != FEATURE_DIM:
             self.stats.eager += 1
             return None
         _, b, t = self._choose(("encode", *shape))
         slots = self.slots()
-        pad_features(feats, b, t, out=slots.host("feats", (b, t, 560)))
+        pad_features(feats, b, t, out=slots.host("feats", (b, t, FEATURE_DIM)))
         marks.mark(START)
-        slots.send("feats", (b, t, 560))
+        slots.send("feats", (b, t, FEATURE_DIM))
         slots.stage("frame_mask", _mask(_pad_rows(lengths, b), t)[:, None, :])
         if t not in self._positions:
             with self.dense():
@@ -346,10 +341,7 @@ class GraphedModel:
         marks.mark(ENCODED)
         copied = marks.events.get(WEIGHTS)
         if copied is not None:
-            with self.turns.gpu_thread_sleeps():
-                copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
-                marks.note(WOKE)  # the first thing with the GIL back
-                marks.woke_into_host = self.turns.host_working
+            copied.synchronize()  # the predictor's weights are on the host; the LSTM runs on
         cif_alphas, cif_sums = (w.numpy() for w in weights) if weights else (None, None)
         return Encoded(out, lengths, alphas, cif_alphas, cif_sums)
 
@@ -357,7 +349,8 @@ class GraphedModel:
         """The encoder's graph: its output and, for a CIF predictor, the predictor's weights."""
         slots = self.slots()
         mask = slots.view("frame_mask", (b, 1, t))
-        encoded = encode_masked(self.model, slots.view("feats", (b, t, 560)), mask, self._positions[t])
+        feats = slots.view("feats", (b, t, FEATURE_DIM))
+        encoded = encode_masked(self.model, feats, mask, self._positions[t])
         slots.view("encoded", (b, t, self._width)).copy_(encoded)
         if self._cif:
             with _as_eagerly():

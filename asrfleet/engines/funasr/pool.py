@@ -2,9 +2,10 @@
 
 The parent hands each idle worker one file at a time on that worker's own task queue, so it
 always knows which job a worker holds. Workers stream what they prepare back on one shared result
-queue, tagged with the job id and attempt number. When a worker dies (FFmpeg crashing on a hostile
-file, the OOM killer), the parent starts a new one and retries its job once; a job that kills a
-worker twice fails with a clear error, and no other job is lost.
+queue, tagged with the job's attempt (`segments.Attempt`). When a worker dies (FFmpeg crashing on
+a hostile file, the OOM killer), the parent starts a new one and retries its job once, as the next
+attempt, so the dead worker's messages are dropped; a job that kills a worker twice fails with a
+clear error, and no other job is lost.
 """
 
 from __future__ import annotations
@@ -20,14 +21,11 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from multiprocessing.connection import wait
 from pathlib import Path
 
-from asrfleet.cpus import pin_process
-from asrfleet.engines.funasr.prepare import Features, Preparer, PrepareSettings, Segmented
-from asrfleet.engines.funasr.vad_scorer import ScorerClient
-from asrfleet.engines.funasr.vad_scores import Ask, ScoreError, ScoreRequest, Scores, ScoreServer
+from asrfleet.engines.funasr.prepare import Preparer, PrepareSettings
+from asrfleet.engines.funasr.segments import Attempt, Features, Segmented
 from asrfleet.errors import AsrError, BadAudio
 from asrfleet.gc_pauses import freeze_loaded
 
@@ -55,17 +53,8 @@ Message = Segmented | Features | Failed | Retrying
 WORKER_NICENESS = 5
 
 
-def _worker_main(
-    settings: PrepareSettings,
-    tasks: mp.Queue,
-    results: mp.Queue,
-    worker_id: int,
-    cpus: frozenset[int] | None = None,
-) -> None:
-    """Entry point of a worker process: load once, then prepare files until told to stop (on
-    `cpus` where given, before its libraries start threads)."""
-    if cpus:
-        pin_process(cpus)
+def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
+    """Entry point of a worker process: load once, then prepare files until told to stop."""
     logging.basicConfig(level=logging.WARNING, format=f"[prepare-{worker_id}] %(levelname)s %(message)s")
     # The parent stops its workers itself, after its own requests; a signal to the whole process
     # group (supervisord's stopasgroup) must not kill them under a request that is finishing.
@@ -75,12 +64,7 @@ def _worker_main(
     # of decoding must not keep them waiting, since they serve every request already prepared.
     os.nice(WORKER_NICENESS)
     parent = os.getppid()
-    ask: Ask = (
-        ScorerClient(settings.scorer)
-        if settings.scorer is not None
-        else partial(_ask_engine, tasks, results, worker_id, parent)
-    )
-    preparer = Preparer(settings, ask)
+    preparer = Preparer(settings)
     freeze_loaded()  # a full collection over torch's objects would stall this worker's requests
     results.put(("ready", worker_id, None, None))
     while True:
@@ -92,32 +76,10 @@ def _worker_main(
             continue
         if task is None:
             return
-        job_id, attempt, path = task
+        attempt, path = task
         for message in _prepare_messages(preparer, path):
-            results.put(("message", worker_id, (job_id, attempt), message))
+            results.put(("message", worker_id, attempt, message))
         results.put(("idle", worker_id, None, None))
-
-
-def _ask_engine(
-    tasks: mp.Queue, results: mp.Queue, worker_id: int, parent: int, request: ScoreRequest
-) -> Scores:
-    """The VAD network's output for one chunk, from the engine (`vad_scores.ScoreServer`).
-
-    The answer comes on this worker's task queue: while the worker holds a job, nothing else does.
-    """
-    results.put(("score", worker_id, None, request))
-    while True:
-        try:
-            answer = tasks.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:
-                raise SystemExit(0) from None  # orphaned: nobody will answer
-            continue
-        if answer is None:  # the pool closes
-            raise SystemExit(0)
-        if isinstance(answer, ScoreError):
-            raise AsrError(answer.message)
-        return answer
 
 
 def _prepare_messages(preparer: Preparer, path: str) -> Iterator[Message]:
@@ -132,40 +94,24 @@ def _prepare_messages(preparer: Preparer, path: str) -> Iterator[Message]:
 
 @dataclass
 class _Job:
-    job_id: str
+    attempt: Attempt
     path: Path
-    attempt: int = 0
 
 
 class PreparePool:
-    """`workers` processes preparing files; `on_message(job_id, message)` receives their output.
+    """`workers` processes preparing files; `on_message(job_id, message)` receives their output."""
 
-    `scores`: where the workers' VAD score requests go, when `settings.remote_scores` is set and
-    `settings.scorer` is not (a scorer process, which the workers ask themselves).
-    """
-
-    def __init__(
-        self,
-        settings: PrepareSettings,
-        workers: int,
-        on_message: Callable[[str, Message], None],
-        scores: ScoreServer | None = None,
-        cpus: frozenset[int] | None = None,
-    ):
-        if settings.remote_scores and scores is None and settings.scorer is None:
-            raise ValueError("remote VAD scores need a ScoreServer or a scorer process")
+    def __init__(self, settings: PrepareSettings, workers: int, on_message: Callable[[str, Message], None]):
         self.settings = settings
         self.on_message = on_message
-        self.scores = scores
         self.size = workers
-        self.cpus = cpus  # where the workers run; None: wherever this process may
         self._ctx = mp.get_context("spawn")  # never fork a process that holds CUDA or threads
         self._results: mp.Queue = self._ctx.Queue()
         self._procs: dict[int, mp.process.BaseProcess] = {}
         self._task_queues: dict[int, mp.Queue] = {}
         self._idle: deque[int] = deque()
         self._holding: dict[int, _Job] = {}  # worker id -> the job it works on
-        self._attempts: dict[str, int] = {}  # job id -> current attempt, to drop stale messages
+        self._attempts: dict[str, Attempt] = {}  # job id -> its current attempt, to drop stale messages
         self._waiting: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._ready = threading.Semaphore(0)
@@ -186,15 +132,15 @@ class PreparePool:
 
     def submit(self, job_id: str, path: Path) -> None:
         with self._lock:
-            self._attempts[job_id] = 0
-            self._waiting.append(_Job(job_id, path))
+            attempt = self._attempts[job_id] = Attempt(job_id)
+            self._waiting.append(_Job(attempt, path))
             self._dispatch()
 
     def forget(self, job_id: str) -> None:
         """The job is over (done or failed): later messages about it are dropped."""
         with self._lock:
             self._attempts.pop(job_id, None)
-            self._waiting = deque(j for j in self._waiting if j.job_id != job_id)
+            self._waiting = deque(j for j in self._waiting if j.attempt.job_id != job_id)
 
     def waiting(self) -> int:
         with self._lock:
@@ -216,7 +162,7 @@ class PreparePool:
         tasks: mp.Queue = self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, tasks, self._results, worker_id, self.cpus),
+            args=(self.settings, tasks, self._results, worker_id),
             name=f"prepare-{worker_id}",
             daemon=True,
         )
@@ -232,12 +178,12 @@ class PreparePool:
                 continue
             job = self._waiting.popleft()
             self._holding[worker_id] = job
-            self._task_queues[worker_id].put((job.job_id, job.attempt, str(job.path)))
+            self._task_queues[worker_id].put((job.attempt, str(job.path)))
 
     def _read_results(self) -> None:
         while True:
             try:
-                kind, worker_id, tag, message = self._results.get()
+                kind, worker_id, attempt, message = self._results.get()
             except (EOFError, OSError):  # the queue itself is gone: nothing more will arrive
                 if not self._closed:
                     log.exception("the workers' result queue broke")
@@ -249,9 +195,6 @@ class PreparePool:
                 continue
             if kind == "closed":
                 return
-            if kind == "score":
-                self.scores.submit(message, partial(self._answer, worker_id))
-                continue
             if kind in ("ready", "idle"):
                 with self._lock:
                     self._holding.pop(worker_id, None)
@@ -260,17 +203,10 @@ class PreparePool:
                 if kind == "ready":
                     self._ready.release()
                 continue
-            job_id, attempt = tag
             with self._lock:
-                current = self._attempts.get(job_id)
+                current = self._attempts.get(attempt.job_id)
             if current == attempt:
-                self._deliver(job_id, message)
-
-    def _answer(self, worker_id: int, answer: Scores | ScoreError) -> None:
-        with self._lock:
-            tasks = self._task_queues.get(worker_id)  # None: the worker died meanwhile
-        if tasks is not None:
-            tasks.put(answer)
+                self._deliver(attempt.job_id, message)
 
     def _deliver(self, job_id: str, message: Message) -> None:
         try:
@@ -294,15 +230,15 @@ class PreparePool:
             job = self._holding.pop(worker_id, None)
             log.error("audio worker %d died (exit code %s); starting another", worker_id, proc.exitcode)
             self._spawn()
-            if job is None or job.job_id not in self._attempts:
+            if job is None or job.attempt.job_id not in self._attempts:
                 return
-            job.attempt += 1
-            self._attempts[job.job_id] = job.attempt  # from now on, the dead worker's messages are stale
-        if job.attempt >= _MAX_ATTEMPTS:
-            self._deliver(job.job_id, Failed(BadAudio("this file crashed the audio decoder twice")))
+            job_id = job.attempt.job_id
+            job.attempt = self._attempts[job_id] = job.attempt.next()  # the dead worker's messages: stale
+        if job.attempt.n >= _MAX_ATTEMPTS:
+            self._deliver(job_id, Failed(BadAudio("this file crashed the audio decoder twice")))
             return
-        log.warning("retrying job %s on another worker", job.job_id)
-        self._deliver(job.job_id, Retrying())  # before the retry can produce anything
+        log.warning("retrying job %s on another worker", job_id)
+        self._deliver(job_id, Retrying())  # before the retry can produce anything
         with self._lock:
             self._waiting.appendleft(job)
             self._dispatch()

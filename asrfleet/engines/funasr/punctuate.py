@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from asrfleet.engines.funasr.recognize import SegmentText
+from asrfleet.engines.funasr.segments import SegmentText, Span
 from asrfleet.errors import NoSpeech
 from asrfleet.transcript import Sentence
 
@@ -31,7 +31,7 @@ class Punctuator:
         self.model = punc_model
         self.kwargs = punc_kwargs or {}
 
-    def assemble(self, results: list[SegmentText], segments: list[tuple[int, int]]) -> Assembled:
+    def assemble(self, results: list[SegmentText], segments: list[Span]) -> Assembled:
         """`results[i]` was recognised from `segments[i]` ([start_ms, end_ms] in the recording)."""
         from funasr.auto.auto_model import _join_vad_texts, _vad_segment_sentences
         from funasr.utils.timestamp_tools import timestamp_sentence

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 
@@ -27,19 +27,12 @@ import torch
 
 from asrfleet.engines.funasr import cif, graphs
 from asrfleet.engines.funasr.gpu_clock import DECODING, END, START, BatchMarks, GpuClock
+from asrfleet.engines.funasr.segments import SegmentText
 from asrfleet.engines.funasr.timestamps import frame_mask, timestamp_alphas
 from asrfleet.engines.funasr.token_times import token_times
 from asrfleet.engines.funasr.transfers import to_device, to_host
-from asrfleet.engines.funasr.turns import Turns
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SegmentText:
-    text: str
-    timestamps: list[list[int]]  # [[start_ms, end_ms], ...] per token, relative to the segment
-
 
 EMPTY = SegmentText("", [])
 
@@ -75,7 +68,6 @@ class Recognizer:
         self.cif_predictor = graphs.has_cif_predictor(model)
         self.graphs: graphs.GraphedModel | None = None
         self.clock = GpuClock()  # read by `texts`' thread only, as each batch is done
-        self.turns = Turns()  # the GPU thread's sleeps, when the host thread's `texts` runs
         cif.install()
 
     def use_graphs(self, max_frames: int = graphs.MAX_GRAPH_FRAMES, capture: bool = True) -> bool:
@@ -87,9 +79,7 @@ class Recognizer:
         if not graphs.supports(self.model):
             log.warning("CUDA graphs: %s is not supported; running eagerly", type(self.model).__name__)
             return False
-        self.graphs = graphs.GraphedModel(
-            self.model, self.device, self._dense, max_frames, capture, turns=self.turns
-        )
+        self.graphs = graphs.GraphedModel(self.model, self.device, self._dense, max_frames, capture)
         return True
 
     @contextmanager
@@ -103,9 +93,9 @@ class Recognizer:
         need float32.
 
         cuDNN off. SANM's FSMN memory blocks are depthwise 1-D convolutions (66 of them), and
-        the input length changes with every batch: cuDNN plans each new shape on the host, about
-        2 ms a convolution, so most of a small batch's time went to planning (measured with
-        `python -m benchmarks.recognizer --profile 8` on an H200). PyTorch's own depthwise kernel
+        the input length changes with every batch: cuDNN plans each new shape on the host,
+        milliseconds a convolution, so most of a small batch's time would go to planning
+        (`python -m benchmarks.recognizer --profile 8` shows it). PyTorch's own depthwise kernel
         needs no plan. The timestamp head's LSTM keeps cuDNN.
         """
         with (
@@ -118,9 +108,8 @@ class Recognizer:
         return self.texts(self.run(feats))
 
     def in_two_parts(self, feats: list[np.ndarray]) -> Callable[[], list[SegmentText]]:
-        """`run` now; `texts` as the function returned, for the scheduler's host thread, which
-        takes its turns on the GIL with the GPU thread (`turns.py`)."""
-        return partial(self.texts, self.run(feats), self.turns)
+        """`run` now; `texts` as the function returned, for the scheduler's host thread."""
+        return partial(self.texts, self.run(feats))
 
     @torch.inference_mode()
     def run(self, feats: list[np.ndarray]) -> OnHost:
@@ -146,21 +135,14 @@ class Recognizer:
         return OnHost(len(feats), tokens, token_lens, encoder_lens, alphas, marks)
 
     @torch.inference_mode()  # the timestamp code may rescale the alphas in place
-    def texts(self, batch: OnHost, turns: Turns | None = None) -> list[SegmentText]:
-        """The host's part of a batch: each segment's text and token timestamps. No GPU work.
-
-        `turns`: where this runs beside the GPU thread, each segment a piece of the host's work.
-        """
+    def texts(self, batch: OnHost) -> list[SegmentText]:
+        """The host's part of a batch: each segment's text and token timestamps. No GPU work."""
         if batch.ready is not None:
             batch.ready.synchronize()
             self.clock.add(batch.marks)
         if batch.tokens is None:
             return [EMPTY] * batch.count
-        out = []
-        for i in range(batch.count):
-            with turns.host_piece() if turns is not None else nullcontext():
-                out.append(self._decode(batch, i))
-        return out
+        return [self._decode(batch, i) for i in range(batch.count)]
 
     def _encode(self, feats: list[np.ndarray], marks: BatchMarks | None = None) -> graphs.Encoded:
         """Encoder output (B, T, D) float32 with padded frames zero, its lengths, and what the

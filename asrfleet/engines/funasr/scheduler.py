@@ -14,11 +14,8 @@ batch from all pending segments of all requests:
 A batch has two parts: the GPU's (the forward pass, up to the copy of its results to the host)
 and the host's (each segment's text and timestamps, a few ms of Python a batch). The GPU thread
 does only the first and hands the second to a host thread, so the GPU starts on the next batch
-meanwhile. Under load on an H200 the GPU thread was busy 97-98 % of the time with batches of about
-ten 5-second segments, whose host part takes a few ms on the CI machine's CPU; handing it over
-took one instance from 1 351x to 1 485x real time (`benchmarks/results/sessions.md`, session 9). At most
-`_HANDED_OVER` batches wait for the host thread; past that, the GPU thread waits. The host thread
-runs only while the GPU thread sleeps, or after a short wait (`turns.py`): both need the GIL.
+instead of waiting for that Python. At most `_HANDED_OVER` batches wait for the host thread; past
+that, the GPU thread waits.
 """
 
 from __future__ import annotations
@@ -26,14 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from queue import Queue
 
 import numpy as np
 
-from asrfleet.engines.funasr.recognize import SegmentText
-from asrfleet.engines.funasr.turns import Turns
+from asrfleet.engines.funasr.segments import SegmentText
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +38,9 @@ _HANDED_OVER = 2  # batches run on the GPU and waiting for the host thread, at m
 # The GPU's part of a batch; it returns the host's part, to be called in another thread.
 Finish = Callable[[], list[SegmentText]]
 Recognize = Callable[[list[np.ndarray]], Finish]
-OnResults = Callable[[str, list[tuple[int, SegmentText]]], None]
-OnError = Callable[[str, BaseException], None]
+Key = Hashable  # names a request's segments (the transcriber's `segments.Attempt`)
+OnResults = Callable[[Key, list[tuple[int, SegmentText]]], None]
+OnError = Callable[[Key, BaseException], None]
 
 
 @dataclass
@@ -54,7 +51,7 @@ class Budget:
 
 @dataclass
 class _Segment:
-    key: str
+    key: Key
     index: int
     feats: np.ndarray
 
@@ -83,7 +80,6 @@ class SchedulerStats:
     # longer wall time with the same CPU means waits (for the GPU, for a CPU, for the GIL)
     cpu_s: float = 0.0
     host_busy_s: float = 0.0  # the host thread's, turning batches into text
-    host_cpu_s: float = 0.0  # ... and its CPU time then: the Python it runs beside the GPU thread
     oom_splits: int = 0
 
 
@@ -94,15 +90,13 @@ class BatchScheduler:
         budget: Budget,
         on_results: OnResults,
         on_error: OnError,
-        turns: Turns | None = None,
     ) -> None:
         self.recognize = recognize
-        self.turns = turns or Turns()  # where the GPU thread sleeps here (`turns.py`)
         self.budget = budget
         self.on_results = on_results
         self.on_error = on_error
         self.stats = SchedulerStats()
-        self._queues: dict[str, _Queue] = {}
+        self._queues: dict[Key, _Queue] = {}
         self._cond = threading.Condition()
         self._stopped = False
         self._ran: Queue[tuple[list[_Segment], Finish] | None] = Queue(_HANDED_OVER)
@@ -121,14 +115,14 @@ class BatchScheduler:
         self._ran.put(None)
         self._host_thread.join(timeout=30)
 
-    def add(self, key: str, priority: float, items: list[tuple[int, np.ndarray]]) -> None:
+    def add(self, key: Key, priority: float, items: list[tuple[int, np.ndarray]]) -> None:
         """Queue segments (index within the request, features) of request `key`."""
         with self._cond:
             queue = self._queues.setdefault(key, _Queue(arrival=time.monotonic(), priority=priority))
             queue.segments.extend(_Segment(key, index, feats) for index, feats in items)
             self._cond.notify()
 
-    def cancel(self, key: str) -> None:
+    def cancel(self, key: Key) -> None:
         with self._cond:
             self._queues.pop(key, None)
 
@@ -140,8 +134,7 @@ class BatchScheduler:
         while True:
             with self._cond:
                 while not self._stopped and not any(q.segments for q in self._queues.values()):
-                    with self.turns.gpu_thread_sleeps():
-                        self._cond.wait()
+                    self._cond.wait()
                 if self._stopped:
                     return
                 batch = self._take_batch()
@@ -164,17 +157,16 @@ class BatchScheduler:
             self._fail(batch, err)
             return
         self._account(batch, time.perf_counter() - started, time.thread_time() - cpu_started)
-        with self.turns.gpu_thread_sleeps():  # when the host thread is behind
-            self._ran.put((batch, finish))
+        self._ran.put((batch, finish))  # waits while the host thread is `_HANDED_OVER` batches behind
 
     def _run_host(self) -> None:
         while (item := self._ran.get()) is not None:
             self._finish(*item)
 
     def _finish(self, batch: list[_Segment], finish: Finish) -> None:
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        started = time.perf_counter()
         try:
-            by_key: dict[str, list[tuple[int, SegmentText]]] = {}
+            by_key: dict[Key, list[tuple[int, SegmentText]]] = {}
             for seg, result in zip(batch, finish(), strict=True):
                 by_key.setdefault(seg.key, []).append((seg.index, result))
             for key, items in by_key.items():
@@ -183,7 +175,6 @@ class BatchScheduler:
             self._fail(batch, err)
         finally:
             self.stats.host_busy_s += time.perf_counter() - started
-            self.stats.host_cpu_s += time.thread_time() - cpu_started
 
     def _fail(self, batch: list[_Segment], err: Exception) -> None:
         log.error("a batch of %d segments failed", len(batch), exc_info=err)
@@ -220,7 +211,7 @@ class BatchScheduler:
         s.busy_s += seconds
 
 
-def select_batch(queues: dict[str, _Queue], budget: Budget) -> list[_Segment]:
+def select_batch(queues: dict[Key, _Queue], budget: Budget) -> list[_Segment]:
     """The next batch: the oldest request's shortest segment, then shortest jobs first.
 
     A segment that would break the budget is skipped, not the end of the batch: a shorter one

@@ -2,22 +2,24 @@
 `ts_prediction_lfr6_standard`, less what we never use.
 
 FunASR's function also formats every token's times into a text we drop, and does its arithmetic on
-NumPy scalars; on the engine's host thread that was about a quarter of its samples, under the GIL the
-GPU thread needs (`benchmarks/results/engine_profile_h200.txt`). Here the same steps in the same
-order on Python floats (the same IEEE doubles, so the same results; a test compares the two on
-every path: leading silence, tokens cut at their longest, trailing silence, peaks recounted).
+NumPy scalars, slowly, on the engine's host thread and under the GIL the GPU thread needs. Here the
+same steps in the same order on Python floats (the same IEEE doubles, so the same results; a test
+compares the two on every path: leading silence, tokens cut at their longest, trailing silence,
+peaks recounted).
 """
 
 from __future__ import annotations
 
 import torch
 
+from asrfleet.engines.funasr.segments import FRAME_SHIFT_MS, LFR_STRIDE
+
 _FIRED = 1.0 - 1e-4  # a frame whose integrated weight reaches this fires a token
 _EDGE_FRAMES = 5  # more silent frames than this at either end become a silence of their own
 _LONGEST_TOKEN = 12  # upsampled frames; a token's frames past this become a silence
 _SHIFT = -1.5  # frames: FunASR's force_time_shift
-_UPSAMPLE = 3
-_SECONDS_PER_FRAME = 10.0 * 6 / 1000 / _UPSAMPLE
+_UPSAMPLE = 3  # the timestamp head's frames per encoder frame, as FunASR's function assumes
+_SECONDS_PER_FRAME = FRAME_SHIFT_MS * LFR_STRIDE / 1000 / _UPSAMPLE
 _SILENCE = "<sil>"
 
 

@@ -9,42 +9,40 @@ transcript and completes the request's future.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
 import uuid
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from asrfleet.audio import AudioLimits
 from asrfleet.config import InstanceConfig
-from asrfleet.cpus import format_cpu_list, without_first_cores
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
-from asrfleet.engines.device import available_cpus, pick_device, set_gpu_wait, set_threads
-from asrfleet.engines.funasr import vad_scores
+from asrfleet.engines.device import available_cpus, pick_device, set_blocking_sync, set_threads
 from asrfleet.engines.funasr.graphs import MAX_GRAPH_FRAMES
 from asrfleet.engines.funasr.pool import Failed, Message, PreparePool, Retrying
-from asrfleet.engines.funasr.prepare import Features, PrepareSettings, Segmented
+from asrfleet.engines.funasr.prepare import PrepareSettings
 from asrfleet.engines.funasr.punctuate import Punctuator
-from asrfleet.engines.funasr.recognize import Recognizer, SegmentText
+from asrfleet.engines.funasr.recognize import Recognizer
 from asrfleet.engines.funasr.scheduler import BatchScheduler, Budget
-from asrfleet.engines.funasr.vad_scorer import ScorerProcess
-from asrfleet.engines.funasr.vad_scores import ScoreServer
+from asrfleet.engines.funasr.segments import (
+    ENCODER_FRAMES_PER_S,
+    FEATURE_DIM,
+    Attempt,
+    Features,
+    Segmented,
+    SegmentText,
+    Span,
+)
 from asrfleet.errors import AsrError, BadRequest, Busy
 from asrfleet.hub import ModelRequest, resolve
 from asrfleet.transcript import Transcript
 
 log = logging.getLogger(__name__)
-
-# `--engine-cores` takes cores from the audio workers only where this many remain for them: on a
-# small machine the workers' decoding is what bounds an instance.
-MIN_WORKER_CORES = 4
-
-_LFR_FRAMES_PER_S = 1000 / 60  # Paraformer's encoder frame rate: 10 ms frames, LFR stride 6
 
 
 @dataclass
@@ -54,16 +52,16 @@ class _Job:
     future: Future = field(default_factory=Future)
     attempt: int = 0
     duration: float = 0.0
-    segments: list[tuple[int, int]] = field(default_factory=list)
+    segments: list[Span] = field(default_factory=list)
     results: dict[int, SegmentText] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     segmented: float = 0.0  # when a worker's segment list came back
     recognized: float = 0.0  # when the last segment's text came back
 
     @property
-    def key(self) -> str:
+    def key(self) -> Attempt:
         """The scheduler's name for this attempt: results of an abandoned attempt are ignored."""
-        return f"{self.job_id}#{self.attempt}"
+        return Attempt(self.job_id, self.attempt)
 
 
 @dataclass
@@ -104,8 +102,6 @@ class FunasrTranscriber:
         self._lock = threading.Lock()
         self._admission = Admission(config.max_queue)
         self._pool: PreparePool | None = None
-        self._scores: ScoreServer | None = None  # --vad-scores engine
-        self._scorer: ScorerProcess | None = None  # --vad-scores process
         self._scheduler: BatchScheduler | None = None
         self._recognizer: Recognizer | None = None
         self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="punctuate")
@@ -121,7 +117,7 @@ class FunasrTranscriber:
         asr_dir, vad_dir, punc_dir = self._model_dirs()
         self.device = pick_device(cfg.device)
         threads = set_threads(cfg.threads, self.device)
-        set_gpu_wait(cfg.gpu_wait, self.device)
+        set_blocking_sync(self.device)
         # The GPU thread shares the GIL with the host thread and the worker-result reader;
         # it gives the GIL up at every CUDA sync, and by default waits 5 ms to get it back.
         sys.setswitchinterval(0.0005)
@@ -140,12 +136,12 @@ class FunasrTranscriber:
             recognizer.use_graphs(max_frames=min(MAX_GRAPH_FRAMES, budget.max_frames))
         self._recognizer = recognizer
         self._scheduler = BatchScheduler(
-            recognizer.in_two_parts, budget, self._on_results, self._on_batch_error, recognizer.turns
+            recognizer.in_two_parts, budget, self._on_results, self._on_batch_error
         )
         self._warm_up(recognizer)
         self._scheduler.start()
         try:
-            self._start_processes(asr_dir, vad_dir)
+            self._start_workers(asr_dir, vad_dir)
         except BaseException:
             # The audio workers ignore SIGTERM (they outlive a signal to the process group), so
             # multiprocessing's exit, which terminates and then joins them, would wait for ever.
@@ -153,55 +149,22 @@ class FunasrTranscriber:
             raise
         self._admission.open()
         log.info(
-            "ready: %s on %s, %d audio workers, VAD network in the %s, batches of up to %d padded frames",
+            "ready: %s on %s, %d audio workers, batches of up to %d padded frames",
             self.model_name,
             self.device,
             self._pool.size,
-            self._scoring_place(),
             budget.max_frames,
         )
 
-    def _start_processes(self, asr_dir: Path, vad_dir: Path) -> None:
-        """The audio workers, and the VAD's scorer process if they ask one."""
+    def _start_workers(self, asr_dir: Path, vad_dir: Path) -> None:
         cfg = self.config
-        self._start_scoring(vad_dir)
         settings = PrepareSettings(
             asr_dir=str(asr_dir),
             vad_dir=str(vad_dir),
             limits=AudioLimits(cfg.max_file_size, cfg.max_duration_s),
-            threads=cfg.worker_threads,
-            remote_scores=self._scores is not None or self._scorer is not None,
-            scorer=self._scorer.address if self._scorer is not None else None,
         )
-        self._pool = PreparePool(
-            settings, self._worker_count(), self._on_message, self._scores, self._worker_cpus()
-        )
+        self._pool = PreparePool(settings, self._worker_count(), self._on_message)
         self._pool.wait_ready()
-
-    def _start_scoring(self, vad_dir: Path) -> None:
-        """Where the VAD's network runs, unless in the workers: a server in this process
-        (`vad_scores.py`) or a scorer process (`vad_scorer.py`)."""
-        from funasr import AutoModel
-
-        place = self.config.vad_scores
-        if place == "workers":
-            return
-        # For the scorer process, only to check the network here: the process loads its own.
-        device = self.device if place == "engine" else "cpu"
-        model, _ = AutoModel.build_model(
-            model=str(vad_dir), device=device, disable_update=True, disable_log=True
-        )
-        if not vad_scores.supports(model.encoder):
-            log.warning("the VAD's network (%s) runs in the workers", type(model.encoder).__name__)
-        elif place == "engine":
-            self._scores = ScoreServer(model.encoder, self.device)
-        else:
-            self._scorer = ScorerProcess(str(vad_dir), self.device)
-
-    def _scoring_place(self) -> str:
-        if self._scorer is not None:
-            return "scorer process"
-        return "workers" if self._scores is None else "engine"
 
     def _model_dirs(self) -> tuple[Path, Path, Path | None]:
         cfg = self.config
@@ -217,19 +180,6 @@ class FunasrTranscriber:
         punc = get(cfg.punc_model, "--punc-model") if cfg.punc_model else None
         return get(cfg.model, "--model"), get(cfg.vad_model, "--vad-model"), punc
 
-    def _worker_cpus(self) -> frozenset[int] | None:
-        """Where the audio workers run: this process's CPUs less the first `--engine-cores` cores,
-        left to the engine's threads and the web server; None: all of them."""
-        if not self.config.engine_cores:  # the default: nothing to read or pin
-            return None
-        allowed = frozenset(os.sched_getaffinity(0))
-        cpus = without_first_cores(allowed, self.config.engine_cores, min_left=MIN_WORKER_CORES)
-        if cpus == allowed:
-            return None
-        kept, left = format_cpu_list(cpus), format_cpu_list(allowed - cpus)
-        log.info("audio workers on CPUs %s, leaving %s to the engine and web server", kept, left)
-        return cpus
-
     def _worker_count(self) -> int:
         if self.config.workers:
             return self.config.workers
@@ -240,7 +190,7 @@ class FunasrTranscriber:
     def _warm_up(self, recognizer: Recognizer) -> None:
         """One inference before we say ready: CUDA kernels load, allocator pools fill."""
         rng = np.random.default_rng(0)
-        feats = [rng.standard_normal((n, 560), dtype=np.float32) for n in (40, 90)]
+        feats = [rng.standard_normal((n, FEATURE_DIM), dtype=np.float32) for n in (40, 90)]
         results = recognizer(feats)
         text = next((r.text for r in results if r.text.strip()), "")
         if text and self._punctuator.model is not None:
@@ -306,9 +256,9 @@ class FunasrTranscriber:
         else:
             log.error("unexpected worker message %r", message)
 
-    def _on_results(self, key: str, items: list[tuple[int, SegmentText]]) -> None:
+    def _on_results(self, key: Attempt, items: list[tuple[int, SegmentText]]) -> None:
         """From the scheduler's host thread."""
-        job = self._job(key.split("#")[0])
+        job = self._job(key.job_id)
         if job is None or job.key != key or job.future.done():
             return
         job.results.update(items)
@@ -316,8 +266,8 @@ class FunasrTranscriber:
             job.recognized = time.perf_counter()
             self._finisher.submit(self._finish, job)
 
-    def _on_batch_error(self, key: str, err: BaseException) -> None:
-        job = self._job(key.split("#")[0])
+    def _on_batch_error(self, key: Attempt, err: BaseException) -> None:
+        job = self._job(key.job_id)
         if job is not None:
             _settle(job.future, AsrError("recognition failed on the server; the error is logged"))
 
@@ -362,7 +312,6 @@ class FunasrTranscriber:
                 gpu_busy_s=round(s.busy_s, 3),
                 gpu_thread_cpu_s=round(s.cpu_s, 3),
                 host_busy_s=round(s.host_busy_s, 3),
-                host_thread_cpu_s=round(s.host_cpu_s, 3),
                 pending_segments=self._scheduler.pending(),
                 batch_budget_frames=self._scheduler.budget.max_frames,
                 oom_splits=s.oom_splits,
@@ -378,13 +327,6 @@ class FunasrTranscriber:
                 graphs_borrowed=g.borrowed,
                 eager_batches=g.eager,
             )
-        if self._scores is not None:
-            out["vad_scores"] = score_counters(asdict(self._scores.stats))
-        if self._scorer is not None:
-            try:
-                out["vad_scores"] = score_counters(self._scorer.stats())
-            except (OSError, EOFError):  # being started again: its counters start over anyway
-                out["vad_scores"] = {"restarts": self._scorer.restarts}
         out.update(gpu_memory(self.device))
         return out
 
@@ -394,10 +336,6 @@ class FunasrTranscriber:
             self._pool.close()
         if self._scheduler is not None:
             self._scheduler.stop()
-        if self._scores is not None:
-            self._scores.stop()
-        if self._scorer is not None:
-            self._scorer.close()
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
@@ -417,25 +355,20 @@ def _settle(future: Future, outcome: object) -> None:
         pass
 
 
-def score_counters(counters: dict) -> dict:
-    """The VAD server's counters as the stats show them (`vad_scores.ScoreStats`)."""
-    return {**counters, "busy_s": round(counters["busy_s"], 3)}
-
-
 def measure_budget(recognizer: Recognizer, batch_size_s: int, device: str, share: float = 0.5) -> Budget:
     """Padded frames per batch: `--batch-size-s`, lowered to what `share` of free GPU memory holds.
 
     Memory is measured, not guessed: a probe batch runs and the peak it adds per padded frame
     scales the budget.
     """
-    frames = int(batch_size_s * _LFR_FRAMES_PER_S)
+    frames = int(batch_size_s * ENCODER_FRAMES_PER_S)
     if not device.startswith("cuda"):
         return Budget(max_frames=frames)
     import torch
 
     probe_items, probe_len = 8, max(50, min(frames // 8, 1000))
     rng = np.random.default_rng(0)
-    feats = [rng.standard_normal((probe_len, 560), dtype=np.float32) for _ in range(probe_items)]
+    feats = [rng.standard_normal((probe_len, FEATURE_DIM), dtype=np.float32) for _ in range(probe_items)]
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

@@ -1,20 +1,17 @@
 """FSMN-VAD's per-frame work, as FunASR 1.4 does it, in less Python.
 
 FunASR's `FsmnVADStreaming` decides every 10 ms frame in Python: `GetFrameState` reads the frame's
-silence score from the network's output tensor with torch indexing and `.item()`,
-`DetectOneFrame` moves its state machine, and for
-each frame of speech `PopDataToOutputBuf` takes a slice of a waveform tensor only to read its
-length. On an audio worker that was a third of the VAD's CPU (session 11, 150 aishell utterances
-with torchaudio's filterbank as on the GPU machines: 13.3 ms a file with FunASR's code, 10.7 ms
-with this module; best of seven passes each). Here:
+silence score from the network's output tensor with torch indexing and `.item()`, `DetectOneFrame`
+moves its state machine, and for each frame of speech `PopDataToOutputBuf` takes a slice of a
+waveform tensor only to read its length. On an audio worker that is a large share of the VAD's
+CPU. Here:
 
 - `detect_frames`: `DetectCommonFrames` / `DetectLastFrames` deciding a block's frames first, in
   one loop over plain floats (`block_states`: `GetFrameState`'s steps, the scores read as Python
   floats with `tolist`, which gives the floats `.item()` gives), then moving the state machine
-  over them. A frame's state depends
-  only on its decibel, its score and the running noise level, which only the decision itself
-  updates, so the order is free (the state machine's resets drop old frames, which moves the index
-  a frame is read at but not its values).
+  over them. A frame's state depends only on its decibel, its score and the running noise level,
+  which only the decision itself updates, so the order is free (the state machine's resets drop
+  old frames, which moves the index a frame is read at but not its values).
 - `_Steady`: the state machine's step for the frames that only move counters (speech going on
   inside a segment, silence before one, a pause inside one); FunASR's `DetectOneFrame` takes every
   other frame.
