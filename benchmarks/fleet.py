@@ -110,14 +110,11 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
                 "host_thread_busy_share": _share(a, b, "host_busy_s", wall_s),
                 # the GPU thread's CPU milliseconds a batch: up where its CPU is slower
                 "gpu_thread_cpu_ms_per_batch": _per_batch_ms(a, b, "gpu_thread_cpu_s", batches),
-                # the host thread's: the Python that shares the GIL with the GPU thread's
-                "host_thread_cpu_ms_per_batch": _per_batch_ms(a, b, "host_thread_cpu_s", batches),
                 # the GPU's own time (gpu_clock.py): working, idle mid-batch for the host's CIF,
                 # idle between batches
                 "gpu_work_share": _share(a, b, "gpu_work_s", wall_s),
                 "gpu_cif_wait_share": _share(a, b, "gpu_cif_wait_s", wall_s),
                 "gpu_between_share": _share(a, b, "gpu_between_s", wall_s),
-                **mid_batch(a, b, batches),
                 "graphs_recorded": a.get("cuda_graphs", 0) - b.get("cuda_graphs", 0),
                 "graphs_in_all": a.get("cuda_graphs", 0),
                 "eager_batches": a.get("eager_batches", 0) - b.get("eager_batches", 0),
@@ -129,23 +126,6 @@ def engine_deltas(before: list[dict], after: list[dict], wall_s: float) -> list[
             }
         )
     return out
-
-
-def mid_batch(after: dict, before: dict, batches: int) -> dict[str, float | int | None]:
-    """The GPU's mid-batch wait taken apart (`gpu_clock.py`), in milliseconds a batch: the GPU work
-    covering the host's CIF, the host's wall and CPU time for it, and how late the GPU thread ran
-    again in the batches whose GPU waited. None for an engine from before these counters."""
-    waited = _count(after, before, "cif_waited_batches")
-    return {
-        "cif_cover_ms_per_batch": _per_batch_ms(after, before, "gpu_cif_cover_s", batches),
-        "cif_host_ms_per_batch": _per_batch_ms(after, before, "cif_host_s", batches),
-        "cif_host_cpu_ms_per_batch": _per_batch_ms(after, before, "cif_host_cpu_s", batches),
-        "cif_waited_batches": waited,
-        "cif_late_ms_per_waited_batch": _per_batch_ms(after, before, "cif_late_s", waited or 0),
-        # woke while the host thread was mid-segment (`turns.py`), and of those, waited
-        "cif_woke_into_host_batches": _count(after, before, "cif_woke_into_host_batches"),
-        "cif_waited_into_host_batches": _count(after, before, "cif_waited_into_host_batches"),
-    }
 
 
 def _count(after: dict, before: dict, key: str) -> int | None:
@@ -510,11 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             f"batch {e['mean_batch']}, GPU thread {e['gpu_thread_busy_share']:.0%}, "
             f"host thread {e.get('host_thread_busy_share') or 0:.0%}, "
             f"GPU thread's CPU {e.get('gpu_thread_cpu_ms_per_batch') or 0:.2f} ms a batch, "
-            f"host thread's {e.get('host_thread_cpu_ms_per_batch') or 0:.2f}, "
             f"graphs recorded {e.get('graphs_recorded', 0)} borrowed {e.get('graphs_borrowed', 0)}, "
             f"GPU working {e.get('gpu_work_share') or 0:.0%} idle mid-batch "
             f"{e.get('gpu_cif_wait_share') or 0:.0%} between {e.get('gpu_between_share') or 0:.0%}"
-            f"{_mid_batch_line(e)}{_gc_line(e)}"
+            f"{_gc_line(e)}"
             for e in run.get("engines", [])
         ]
         print(f"    busy (per instance): {'; '.join(threads)}", flush=True)
@@ -524,19 +503,6 @@ def main(argv: list[str] | None = None) -> int:
     for config, speed_up in result["speed_ups"].items():
         print(f"{config:<28} {speed_up['mean']:5.2f}x its members alone around it (each: {speed_up['each']})")
     return 0
-
-
-def _mid_batch_line(engine: dict) -> str:
-    if engine.get("cif_host_ms_per_batch") is None:
-        return ""
-    late = engine["cif_late_ms_per_waited_batch"] or 0.0
-    into, into_waited = engine["cif_woke_into_host_batches"], engine["cif_waited_into_host_batches"]
-    return (
-        f" (a batch: covered {engine['cif_cover_ms_per_batch']:.2f} ms, host "
-        f"{engine['cif_host_ms_per_batch']:.2f} ms with {engine['cif_host_cpu_ms_per_batch']:.2f} of CPU; "
-        f"{engine['cif_waited_batches']} waited, woke {late:.2f} ms late; "
-        f"woke into the host thread's work {into}, of them waited {into_waited})"
-    )
 
 
 def _gc_line(engine: dict) -> str:

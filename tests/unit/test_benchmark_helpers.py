@@ -21,7 +21,7 @@ from benchmarks.cpu import (
     used,
     waited,
 )
-from benchmarks.fleet import disturbance, engine_deltas, mid_batch, stage_ms, summarise
+from benchmarks.fleet import disturbance, engine_deltas, stage_ms, summarise
 from benchmarks.host_cpus import speeds
 
 
@@ -235,19 +235,15 @@ def test_engine_deltas_report_both_threads_busy_shares():
     after = {"batches": 30, "segments": 240, "gpu_busy_s": 2.9, "host_busy_s": 0.7, "cuda_graphs": 6}
     before["graphs_borrowed"], after["graphs_borrowed"] = 3, 7
     before["gpu_thread_cpu_s"], after["gpu_thread_cpu_s"] = 0.5, 0.7
-    before["host_thread_cpu_s"], after["host_thread_cpu_s"] = 0.1, 0.4
-    older = ("host_busy_s", "gpu_thread_cpu_s", "host_thread_cpu_s")
+    older = ("host_busy_s", "gpu_thread_cpu_s")
     older_engine = {k: v for k, v in after.items() if k not in older}
     [delta, old] = engine_deltas([before, before], [after, older_engine], wall_s=2.0)
     assert (delta["batches"], delta["mean_batch"], delta["graphs_recorded"]) == (20, 10.0, 1)
     assert delta["graphs_borrowed"] == 4
     assert (delta["gpu_thread_busy_share"], delta["host_thread_busy_share"]) == (0.95, 0.25)
     assert delta["gpu_thread_cpu_ms_per_batch"] == 10.0
-    assert delta["host_thread_cpu_ms_per_batch"] == 15.0
-    assert old["host_thread_cpu_ms_per_batch"] is None
     assert old["host_thread_busy_share"] is None  # an engine from before the host thread
     assert old["gpu_thread_cpu_ms_per_batch"] is None
-    assert delta["cif_host_ms_per_batch"] is None and delta["cif_late_ms_per_waited_batch"] is None
 
 
 def test_engine_deltas_report_the_garbage_collectors_pauses():
@@ -257,25 +253,6 @@ def test_engine_deltas_report_the_garbage_collectors_pauses():
     [delta, old] = engine_deltas([before, before], [after, older], wall_s=2.0)
     assert (delta["gc_pause_ms"], delta["gc_full_collections"]) == (300.0, 1)
     assert (old["gc_pause_ms"], old["gc_full_collections"]) == (None, None)
-
-
-def test_the_mid_batch_wait_in_milliseconds_a_batch():
-    before = {"gpu_cif_cover_s": 1.0, "cif_host_s": 0.5, "cif_host_cpu_s": 0.4, "cif_late_s": 0.1}
-    after = {"gpu_cif_cover_s": 1.2, "cif_host_s": 0.54, "cif_host_cpu_s": 0.42, "cif_late_s": 0.115}
-    before["cif_waited_batches"], after["cif_waited_batches"] = 7, 12
-    before["cif_woke_into_host_batches"], after["cif_woke_into_host_batches"] = 2, 10
-    before["cif_waited_into_host_batches"], after["cif_waited_into_host_batches"] = 1, 5
-    assert mid_batch(after, before, batches=20) == {
-        "cif_cover_ms_per_batch": 10.0,
-        "cif_host_ms_per_batch": 2.0,
-        "cif_host_cpu_ms_per_batch": 1.0,
-        "cif_waited_batches": 5,
-        "cif_late_ms_per_waited_batch": 3.0,
-        "cif_woke_into_host_batches": 8,
-        "cif_waited_into_host_batches": 4,
-    }
-    none_waited = mid_batch({**after, "cif_waited_batches": 7, "cif_late_s": 0.1}, before, batches=20)
-    assert none_waited["cif_waited_batches"] == 0 and none_waited["cif_late_ms_per_waited_batch"] is None
 
 
 def test_warm_up_repeats_while_a_pass_records_a_new_graph(monkeypatch):
