@@ -101,3 +101,14 @@ def instance(args: list[str], log_dir: Path, ready_timeout: float = 180.0) -> It
         yield running
     finally:
         kill_tree(proc)
+
+
+def launcher_engine_args(instance_args: list[str]) -> list[str]:
+    """The instance options the launcher passes on: it decides threads, workers and device itself."""
+    keep, skip = [], {"--threads", "--workers", "--device"}
+    pairs = iter(instance_args)
+    for arg in pairs:
+        value = next(pairs)
+        if arg not in skip:
+            keep += [arg, value]
+    return keep

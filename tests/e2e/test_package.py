@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import media
-from procs import REPO, free_ports
+from procs import REPO, free_ports, launcher_engine_args
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +107,7 @@ def test_the_installed_command_brings_up_a_fleet_that_transcribes(installed, par
     base_port = free_ports(2)
     lb_port = base_port + 1
     up = [command, "--instances", "1", "--run-dir", str(run_dir), "--lb-port", str(lb_port)]
-    up += ["--base-port", str(base_port), *_without_launcher_decided(paraformer_args)]
+    up += ["--base-port", str(base_port), *launcher_engine_args(paraformer_args)]
     try:
         started = subprocess.run(up, cwd=tmp_path, env=installed, capture_output=True, text=True, timeout=600)
         assert started.returncode == 0, started.stdout + started.stderr
@@ -136,14 +136,3 @@ def test_the_installed_command_brings_up_a_fleet_that_transcribes(installed, par
     for port in (lb_port, base_port):
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-
-
-def _without_launcher_decided(args: list[str]) -> list[str]:
-    """The instance options the launcher passes on: it decides threads, workers and device itself."""
-    keep, skip = [], {"--threads", "--workers", "--device"}
-    pairs = iter(args)
-    for arg in pairs:
-        value = next(pairs)
-        if arg not in skip:
-            keep += [arg, value]
-    return keep

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fleetctl import launcher, teardown
 
-from procs import free_ports
+from procs import free_ports, launcher_engine_args
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +25,7 @@ def fleet(paraformer_args, tmp_path_factory):
         str(lb_port),
         "--base-port",
         str(base_port),
-        *_engine_args(paraformer_args),
+        *launcher_engine_args(paraformer_args),
     ]
     try:
         started = launcher(*args, "--ssh-host", "10.200.0.1", "--ssh-port", "2222")
@@ -39,14 +39,3 @@ def fleet(paraformer_args, tmp_path_factory):
         }
     finally:
         teardown(run_dir)
-
-
-def _engine_args(paraformer_args: list[str]) -> list[str]:
-    """The instance options the launcher passes on (threads and workers it decides itself)."""
-    keep, skip = [], {"--threads", "--workers", "--device"}
-    it = iter(paraformer_args)
-    for arg in it:
-        value = next(it)
-        if arg not in skip:
-            keep += [arg, value]
-    return keep
