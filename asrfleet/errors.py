@@ -39,6 +39,13 @@ class TooLarge(AsrError):
     code = "too_large"
 
 
+class Unsupported(AsrError):
+    """A request in an encoding the server does not take (a compressed body, say)."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
 class BadRequest(AsrError):
     """A request that names something we refuse: a server path nobody uploaded, a bad parameter."""
 

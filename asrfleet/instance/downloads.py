@@ -14,6 +14,7 @@ import json
 import re
 import time
 import uuid
+from collections import deque
 from pathlib import Path
 from urllib.parse import quote
 
@@ -30,15 +31,24 @@ _MEDIA_TYPES = {
 }
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 MAX_AGE_S = 3600.0
+# However busy the instance, the saved transcripts stay within these: past them the oldest go
+# first (at hundreds of requests a second, an hour of links would be millions of files).
+MAX_SAVED = 10_000
+MAX_SAVED_BYTES = 256 * 1024 * 1024
 _SWEEP_EVERY_S = 60.0
 
 
 class Downloads:
-    """Saved transcripts, one JSON file each, kept for an hour."""
+    """Saved transcripts, one JSON file each, kept for an hour or until `max_saved` newer ones (or
+    `max_bytes` of them) have been saved, whichever comes first."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, max_saved: int = MAX_SAVED, max_bytes: int = MAX_SAVED_BYTES) -> None:
         self.folder = folder
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.max_saved = max_saved
+        self.max_bytes = max_bytes
+        self._saved: deque[tuple[str, int]] = deque()  # (token, bytes), oldest first
+        self._bytes = 0
         self._last_sweep = 0.0
 
     def save(self, transcript: Transcript) -> str:
@@ -47,8 +57,18 @@ class Downloads:
             self._last_sweep = time.monotonic()
             self.sweep()
         token = uuid.uuid4().hex
-        (self.folder / f"{token}.json").write_text(json.dumps(transcript.to_dict()), encoding="utf-8")
+        data = json.dumps(transcript.to_dict()).encode("utf-8")
+        (self.folder / f"{token}.json").write_bytes(data)
+        self._saved.append((token, len(data)))
+        self._bytes += len(data)
+        while len(self._saved) > self.max_saved or self._bytes > self.max_bytes:
+            oldest, size = self._saved.popleft()
+            self._bytes -= size
+            (self.folder / f"{oldest}.json").unlink(missing_ok=True)
         return token
+
+    def __len__(self) -> int:
+        return len(self._saved)
 
     def load(self, token: str) -> Transcript | None:
         if not _TOKEN.match(token):

@@ -3,7 +3,12 @@
 Form fields: `file`, `model` (accepted, any name: the instance serves its own model), `language`,
 `prompt` (hotwords where the model supports them), `response_format` (json, text, srt, vtt,
 verbose_json), `timestamp_granularities[]` (segment). Errors come as OpenAI-style JSON with the
-right status: 400 bad audio, 413 too large, 503 with Retry-After when busy or loading.
+right status: 400 for what the client sent (bad audio, a malformed form), 413 too large, 415 a
+`Content-Encoding` we do not take, 503 with Retry-After when busy or loading. A refusal is logged
+as one line; a traceback is logged only for a fault of the server's own.
+
+An upload is stored under a name of the server's choosing (a fresh folder, `audio` and a cleaned
+suffix): the client's file name is data, never part of a path, whatever bytes it holds.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from asrfleet.engines.base import TranscribeOptions
-from asrfleet.errors import AsrError, BadRequest, Busy, TooLarge, user_message
-from asrfleet.instance.service import TranscriptionService, remove_quietly, safe_stem
+from asrfleet.errors import AsrError, BadRequest, Busy, TooLarge, Unsupported, user_message
+from asrfleet.instance.service import TranscriptionService, remove_upload
 from asrfleet.sizes import format_size
 from asrfleet.transcript import Sentence, Transcript, to_srt, to_vtt
 
@@ -38,7 +44,7 @@ def add_openai_routes(app: FastAPI, service: TranscriptionService) -> None:
         path: Path | None = None
         try:
             _check_length(request, service.config.max_file_size)
-            form = await request.form()
+            form = await _read_form(request)
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise BadRequest("the request has no `file` field with the recording")
@@ -53,13 +59,15 @@ def add_openai_routes(app: FastAPI, service: TranscriptionService) -> None:
             path = None  # the service deleted it
             return _respond(transcript, response_format, form.getlist("timestamp_granularities[]"))
         except AsrError as err:
+            if err.status < 500 or isinstance(err, Busy):
+                log.info("refused a /v1 request: %d %s: %s", err.status, err.code, err.message)
             return error_response(err)
         except Exception:
             log.exception("transcription through /v1 failed")
             return error_response(AsrError(user_message(RuntimeError())))
         finally:
             if path is not None:
-                remove_quietly(path)
+                remove_upload(path)
 
 
 def _check_length(request: Request, max_bytes: int) -> None:
@@ -69,16 +77,42 @@ def _check_length(request: Request, max_bytes: int) -> None:
         raise TooLarge(f"the upload is {format_size(int(length))}; the limit is {format_size(max_bytes)}")
 
 
+async def _read_form(request: Request) -> FormData:
+    """The multipart form, or the client's mistake named: a compressed body, a form the parser
+    refuses (no boundary, garbage, too many fields, a field over its size limit)."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise Unsupported(
+            f"the request body is sent with Content-Encoding {encoding[:40]!r}, which this server "
+            "does not take; send the file as it is (audio is compressed already)"
+        )
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        raise BadRequest("the request must be a multipart/form-data form with the recording in `file`")
+    try:
+        return await request.form()
+    except HTTPException as err:  # starlette's answer to a form its parser refuses
+        raise BadRequest(f"the form could not be read: {str(err.detail).rstrip('.')}") from None
+    except (ValueError, UnicodeDecodeError) as err:
+        raise BadRequest(f"the form could not be read: {err}") from None
+
+
 def _save(upload: UploadFile, folder: Path, max_bytes: int) -> Path:
-    target = folder / uuid.uuid4().hex / safe_stem(upload.filename)
-    target = target.with_suffix(Path(upload.filename or "").suffix[:10])
+    target = folder / uuid.uuid4().hex / f"audio{upload_suffix(upload.filename)}"
     target.parent.mkdir(parents=True)
     with open(target, "wb") as out:
         shutil.copyfileobj(upload.file, out, length=1024 * 1024)
     if target.stat().st_size > max_bytes:
-        remove_quietly(target)
+        remove_upload(target)
         raise TooLarge(f"the file is larger than the limit of {format_size(max_bytes)}")
     return target
+
+
+def upload_suffix(name: str | None) -> str:
+    """The client's file extension, if it is a plain one (".mp3"): a hint for the decoder's format
+    guess; anything else (control bytes, slashes, dots only, too long) gives none."""
+    _, dot, ext = (name or "").rpartition(".")
+    return f".{ext.lower()}" if dot and ext.isascii() and ext.isalnum() and len(ext) <= 8 else ""
 
 
 def _text(value: object) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -25,6 +26,11 @@ from asrfleet.transcript import Transcript
 log = logging.getLogger(__name__)
 
 UPLOAD_GRACE_S = 10.0
+# An upload no request has used for this long was abandoned (a client that uploaded and went away,
+# a request an engine restart cut short): the sweep removes it. A Gradio client joins the queue
+# within a second of its upload, so this leaves room for a long wait in a full queue.
+ABANDONED_AFTER_S = 600.0
+_SWEEP_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class TranscriptionService:
         # for more than the engine takes, so that one request too many gets its 503 at once.
         self._limiter = anyio.CapacityLimiter(config.max_queue + 16)
         self._in_use: Counter[Path] = Counter()
+        self._last_sweep = time.monotonic()
 
     def check_upload(self, path: str | Path) -> Path:
         """The path, if a client uploaded it to us; `BadRequest` for any other server path.
@@ -74,12 +81,14 @@ class TranscriptionService:
         seconds (a new upload of the same content replaces the file, renewing its mtime).
         """
         self._in_use[path] += 1
+        self._sweep_now_and_then()
         try:
             return await self._transcribe(path, options)
         finally:
             self._in_use[path] -= 1
             if not shared:
-                self._reap(path)
+                self._in_use.pop(path, None)
+                remove_upload(path)
             else:
                 asyncio.get_running_loop().call_later(UPLOAD_GRACE_S, self._reap, path)
 
@@ -116,6 +125,46 @@ class TranscriptionService:
                 folder.rmdir()  # refused while not empty
         except OSError:
             pass  # in use again, or gone already
+
+    def _sweep_now_and_then(self) -> None:
+        if time.monotonic() - self._last_sweep < _SWEEP_EVERY_S:  # not a directory walk a request
+            return
+        self._last_sweep = time.monotonic()
+        in_use = {path for path, n in self._in_use.items() if n > 0}
+        for root in (self.upload_dir, self.work_dir / "uploads"):
+            asyncio.get_running_loop().run_in_executor(None, sweep_abandoned, root, in_use)
+
+
+def sweep_abandoned(root: Path, in_use: set[Path], max_age_s: float = ABANDONED_AFTER_S) -> int:
+    """Remove the files under `root` untouched for `max_age_s` and not in use, then the folders
+    left empty; how many files went. Whatever a request, a crash or a client left behind ends here."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            path = Path(folder) / name
+            try:
+                if path not in in_use and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue  # removed meanwhile
+        if Path(folder) != root:
+            try:
+                if Path(folder).stat().st_mtime < time.time() - UPLOAD_GRACE_S:
+                    Path(folder).rmdir()  # refused while not empty
+            except OSError:
+                pass
+    return removed
+
+
+def remove_upload(path: Path) -> None:
+    """An upload of one request and the folder it got to itself (`/v1` gives each its own)."""
+    remove_quietly(path)
+    try:
+        path.parent.rmdir()
+    except OSError:
+        pass  # not empty, or gone already
 
 
 def remove_quietly(path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +30,7 @@ MAX_DURATION_S = 4000
 
 @pytest.fixture(scope="module")
 def server(paraformer_args, tmp_path_factory):
-    """Started by hand (not procs.instance) to watch /healthz and /readyz while the model loads."""
+    """Started by hand (not procs.instance) to watch its port while the model loads."""
     folder = tmp_path_factory.mktemp("instance")
     temp_dir = folder / "temp"
     port = free_port()
@@ -54,10 +55,9 @@ def server(paraformer_args, tmp_path_factory):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/healthz", 60, proc)
-        loading = httpx.get(url + "/readyz", timeout=5)
+        loading = port_while_loading(port, proc, log)
         wait_http(url + "/readyz", 180, proc)
-        yield {"url": url, "proc": proc, "temp_dir": temp_dir, "log": log, "readyz_while_loading": loading}
+        yield {"url": url, "proc": proc, "temp_dir": temp_dir, "log": log, "port_while_loading": loading}
     finally:
         kill_tree(proc)
 
@@ -77,9 +77,31 @@ def transcribe(client: Client, path: Path) -> tuple:
     return client.predict(handle_file(str(path)), "", api_name="/transcribe")
 
 
-def test_alive_before_ready(server):
-    loading = server["readyz_while_loading"]
-    assert loading.status_code == 503 and loading.json()["status"] == "loading"
+def port_while_loading(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> dict:
+    """Once the instance says it is loading: what a client connecting meanwhile meets, and
+    whether another process could bind its port."""
+    deadline = time.monotonic() + timeout
+    while "once ready" not in log.read_text(errors="replace"):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise TimeoutError("the instance never said it was loading")
+        time.sleep(0.05)
+    try:
+        answer: object = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code
+    except httpx.ConnectError:
+        answer = "refused"
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            bindable = True
+        except OSError:
+            bindable = False
+    return {"bindable": bindable, "answer": answer}
+
+
+def test_its_port_is_taken_at_once_but_refuses_connections_until_ready(server):
+    # nginx then passes a restarting instance by (a refused connection moves a request to the
+    # next instance) instead of handing its clients a 503.
+    assert server["port_while_loading"] == {"bindable": False, "answer": "refused"}
     ready = httpx.get(server["url"] + "/readyz").json()
     assert ready == {"status": "ready", "name": "asr-test", "model": ready["model"]} and ready["model"]
 
