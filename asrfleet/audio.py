@@ -3,6 +3,17 @@
 Decoding is done by FFmpeg through PyAV (its wheels bundle FFmpeg, so there is no system
 dependency). Everything a user can get wrong with a file ends here as a `BadAudio`, `TooLarge` or
 `NoSpeech` with a sentence a person can act on.
+
+What is refused from the header, before any decoding work: sample rates outside 4 kHz-384 kHz,
+more than 32 channels, and more audio than the file's bytes can hold (an average under 256 bit/s:
+an hour at that rate is 115 KB, while speech codecs need several kbit/s). The same bounds stop the
+decoding of a file whose header declares nothing. A few bytes cannot buy hours of decoding.
+
+What is refused after decoding: samples that are not numbers (NaN or infinite; the answer says how
+many and where the first one is, since such a file is damaged and the user can re-export it), and
+a recording under 0.1 s, too short to hold speech. Samples beyond full scale (a float file may
+hold any value) are scaled down to full scale, which keeps the content; others are left as they
+are.
 """
 
 from __future__ import annotations
@@ -15,7 +26,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from asrfleet.errors import BadAudio, NoSpeech, TooLarge
+from asrfleet.errors import AsrError, BadAudio, NoSpeech, TooLarge
 from asrfleet.sizes import format_size
 
 SAMPLE_RATE = 16000
@@ -44,6 +55,11 @@ AUDIO_SUFFIXES = frozenset(
 # copy). The slack absorbs containers whose declared duration is only an estimate.
 _TRUNCATION_TOLERANCE = 0.9
 _TRUNCATION_SLACK_S = 0.5
+MIN_SAMPLE_RATE = 4000
+MAX_SAMPLE_RATE = 384000
+MAX_CHANNELS = 32
+MIN_BITS_PER_SECOND = 256
+MIN_DURATION_S = 0.1
 # Below this peak amplitude (about -80 dBFS) a recording is digital silence.
 _SILENCE_PEAK = 1e-4
 # PyAV before 19 decodes a container's tags strictly unless told otherwise, so one tag in another
@@ -77,11 +93,13 @@ def check_file_size(path: str | Path, max_bytes: int) -> int:
 
 def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
     """Decode the first audio stream of `path`, resampled to 16 kHz mono float32 in [-1, 1]."""
-    check_file_size(path, limits.max_bytes)
+    size = check_file_size(path, limits.max_bytes)
     _check_wav_complete(path)
+    # the bytes' own bound on the duration, within the configured one
+    justified = AudioLimits(limits.max_bytes, min(limits.max_duration_s, size * 8 / MIN_BITS_PER_SECOND))
     try:
         with open_input(path) as container:
-            return _decode_container(container, limits)
+            return checked_samples(_decode_container(container, justified, limits))
     except av.FFmpegError as err:
         raise BadAudio(
             "this file could not be decoded as audio: it is not a recording or it is damaged"
@@ -90,13 +108,16 @@ def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
         raise BadAudio("this file could not be decoded as audio") from err
 
 
-def _decode_container(container: av.container.InputContainer, limits: AudioLimits) -> np.ndarray:
+def _decode_container(
+    container: av.container.InputContainer, limits: AudioLimits, configured: AudioLimits
+) -> np.ndarray:
     if not container.streams.audio:
         raise BadAudio("the file has no audio track")
     stream = container.streams.audio[0]
+    _check_stream_header(stream)
     declared = _declared_duration(container, stream)
     if declared is not None and declared > limits.max_duration_s:
-        raise TooLarge(_too_long_message(declared, limits.max_duration_s))
+        raise _too_long(declared, limits, configured)
 
     max_samples = int(limits.max_duration_s * SAMPLE_RATE)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
@@ -108,11 +129,52 @@ def _decode_container(container: av.container.InputContainer, limits: AudioLimit
         chunks += converted
         total += sum(chunk.size for chunk in converted)
         if total > max_samples:
-            raise TooLarge(_too_long_message(total / SAMPLE_RATE, limits.max_duration_s))
+            raise _too_long(total / SAMPLE_RATE, limits, configured)
     chunks += _resampled(resampler, None)
 
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     _check_complete(samples, declared)
+    return samples
+
+
+def _check_stream_header(stream: av.audio.AudioStream) -> None:
+    rate = stream.sample_rate or stream.codec_context.sample_rate or 0
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise BadAudio(
+            f"the file declares a sample rate of {rate} Hz; recordings are taken at "
+            f"{MIN_SAMPLE_RATE // 1000} kHz to {MAX_SAMPLE_RATE // 1000} kHz"
+        )
+    channels = stream.channels or 0
+    if channels > MAX_CHANNELS:
+        raise BadAudio(f"the file declares {channels} channels; at most {MAX_CHANNELS} are taken")
+
+
+def _too_long(seconds: float, limits: AudioLimits, configured: AudioLimits) -> AsrError:
+    if limits.max_duration_s >= configured.max_duration_s:
+        return TooLarge(_too_long_message(seconds, configured.max_duration_s))
+    return BadAudio(
+        f"the file holds more audio ({_clock(seconds)}) than its size can carry: it is damaged or crafted"
+    )
+
+
+def checked_samples(samples: np.ndarray) -> np.ndarray:
+    """Decoded samples as the engines take them, or the problem with them named."""
+    finite = np.isfinite(samples)
+    if not finite.all():
+        bad = int(samples.size - np.count_nonzero(finite))
+        first = int(np.argmin(finite)) / SAMPLE_RATE
+        raise BadAudio(
+            f"{bad} of {samples.size} samples ({100 * bad / samples.size:.2g} %) are not numbers "
+            f"(NaN or infinite), the first at {first:.2f} s: the file is damaged; export it again"
+        )
+    if samples.size < MIN_DURATION_S * SAMPLE_RATE:
+        raise NoSpeech(
+            f"the recording is {1000 * samples.size / SAMPLE_RATE:.0f} ms long, too short to hold "
+            f"speech (the shortest taken is {1000 * MIN_DURATION_S:.0f} ms)"
+        )
+    peak = float(np.max(np.abs(samples)))
+    if peak > 1.0:  # beyond full scale (a float file): scaled, so the features cannot overflow
+        samples = samples / np.float32(peak)
     return samples
 
 

@@ -141,3 +141,64 @@ def test_a_tag_in_another_encoding_does_not_fail_the_file(tmp_path, speech):
     path.write_bytes(_with_latin1_title(path.read_bytes()))
     assert decode_audio(path, LIMITS).size == speech.size
     assert audio.probe_duration(path) == pytest.approx(speech.size / 16000)
+
+
+def _wav(path, samples: bytes, rate: int = 16000, channels: int = 1, bits: int = 16, fmt: int = 1):
+    """A WAV written byte by byte, so that its header can say anything."""
+    block = channels * bits // 8
+    header = struct.pack("<4sI4s", b"RIFF", 36 + len(samples), b"WAVE")
+    header += struct.pack("<4sIHHIIHH", b"fmt ", 16, fmt, channels, rate, rate * block, block, bits)
+    path.write_bytes(header + struct.pack("<4sI", b"data", len(samples)) + samples)
+    return path
+
+
+LIMITS = AudioLimits(100 * 2**20, 6 * 3600)
+
+
+def _float_wav(tmp_path, samples: np.ndarray):
+    return _wav(tmp_path / "f.wav", samples.astype("<f4").tobytes(), bits=32, fmt=3)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_samples_that_are_not_numbers_are_named_with_where_they_start(tmp_path, bad):
+    samples = (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    samples[8000:8010] = bad
+    with pytest.raises(BadAudio, match=r"^10 of 16000 samples .* not numbers .* first at 0\.50 s"):
+        decode_audio(_float_wav(tmp_path, samples), LIMITS)
+
+
+def test_samples_beyond_full_scale_are_scaled_and_others_left_exact(tmp_path):
+    loud = (1e30 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    decoded = decode_audio(_float_wav(tmp_path, loud), LIMITS)
+    assert np.isfinite(decoded).all() and np.max(np.abs(decoded)) == pytest.approx(1.0)
+    normal = (0.5 * np.sin(np.arange(16000) / 5)).astype(np.float32)
+    assert np.array_equal(decode_audio(_float_wav(tmp_path, normal), LIMITS), normal)
+
+
+@pytest.mark.parametrize(("samples", "words"), [(1, "0 ms"), (80, "5 ms"), (1599, "100 ms")])
+def test_too_short_to_hold_speech_says_how_long(tmp_path, samples, words):
+    path = _wav(tmp_path / "short.wav", np.full(samples, 3000, "<i2").tobytes())
+    with pytest.raises(NoSpeech, match=rf"^the recording is {words} long, too short to hold speech"):
+        decode_audio(path, LIMITS)
+
+
+@pytest.mark.parametrize(("rate", "words"), [(1, "1 Hz"), (1000, "1000 Hz"), (1_000_000, "1000000 Hz")])
+def test_absurd_sample_rates_are_refused_from_the_header(tmp_path, rate, words):
+    path = _wav(tmp_path / "rate.wav", np.zeros(18000, "<i2").tobytes(), rate=rate)
+    with pytest.raises(BadAudio, match=rf"declares a sample rate of {words}; recordings are taken at 4 kHz"):
+        decode_audio(path, LIMITS)
+
+
+def test_a_hundred_channels_are_refused_from_the_header(tmp_path):
+    path = _wav(tmp_path / "many.wav", np.zeros(100 * 1600, "<i2").tobytes(), channels=100)
+    with pytest.raises(BadAudio, match="declares 100 channels; at most 32"):
+        decode_audio(path, LIMITS)
+
+
+def test_more_audio_than_the_bytes_can_carry_is_refused(tmp_path, monkeypatch):
+    # No real codec goes under 256 bit/s (FLAC of a constant signal takes about 1.5 kbit/s), so the
+    # floor is raised here to a WAV's own rate: what its 2 s declare is more than 0.5 s can carry.
+    path = _wav(tmp_path / "two.wav", np.full(32000, 3000, "<i2").tobytes())
+    monkeypatch.setattr(audio, "MIN_BITS_PER_SECOND", 4 * 16 * 16000)
+    with pytest.raises(BadAudio, match=r"more audio \(0:00:02\) than its size can carry"):
+        decode_audio(path, LIMITS)
