@@ -6,18 +6,22 @@ dependency). Everything a user can get wrong with a file ends here as a `BadAudi
 
 What is refused from the header, before any decoding work: sample rates outside 4 kHz-384 kHz,
 more than 32 channels, and more audio than the file's bytes can hold (an average under 256 bit/s:
-an hour at that rate is 115 KB, while speech codecs need several kbit/s). The same bounds stop the
-decoding of a file whose header declares nothing. A few bytes cannot buy hours of decoding.
+an hour at that rate is 115 KB, while speech codecs need several kbit/s). The same bytes bound
+stops the decoding of a file whose header declares no duration (a FLAC of a constant signal takes
+under 50 bit/s), as the duration limit does. A few bytes cannot buy hours of decoding.
 
-What is refused after decoding: samples that are not numbers (NaN or infinite; the answer says how
-many and where the first one is, since such a file is damaged and the user can re-export it), and
-a recording under 0.1 s, too short to hold speech. Samples beyond full scale (a float file may
-hold any value) are scaled down to full scale, which keeps the content; others are left as they
-are.
+What is refused after decoding: a recording under 0.1 s, too short to hold speech, and one whose
+samples are more than 1 % not numbers (NaN or infinite): such a file is damaged. Up to 1 % (a few
+damaged samples in a float WAV) are replaced by silence before resampling, whose filter would
+spread each over dozens of samples, and the recording is transcribed with a warning that says how
+many there were. Samples beyond full scale (a float file may hold any value) are scaled down to
+full scale, linearly, which keeps the content; recordings within it are left as they are, bit for
+bit. The warnings travel with the samples (`Decoded`) to the transcript.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from dataclasses import dataclass
@@ -55,11 +59,22 @@ AUDIO_SUFFIXES = frozenset(
 # copy). The slack absorbs containers whose declared duration is only an estimate.
 _TRUNCATION_TOLERANCE = 0.9
 _TRUNCATION_SLACK_S = 0.5
+# What real recordings are taken at; a header beyond these is damaged or made to overload us (a
+# 1 Hz rate in a 36 KB WAV upsamples to hours of audio).
 MIN_SAMPLE_RATE = 4000
 MAX_SAMPLE_RATE = 384000
 MAX_CHANNELS = 32
+# The lowest average bit rate a real recording has; speech codecs need several kbit/s.
 MIN_BITS_PER_SECOND = 256
+# One VAD or ASR analysis frame is 25 ms; no word fits in less than this.
 MIN_DURATION_S = 0.1
+# Above this share of samples that are not numbers a file is damaged, not a recording with a few
+# bad samples.
+MAX_NON_FINITE_SHARE = 0.01
+# Decoders of lossy codecs overshoot full scale a little on loud recordings, as does resampling a
+# clipped one: scaled down without a word up to this peak (+6 dBFS); beyond it the user is told.
+_WARN_PEAK = 2.0
+_FLOAT_FORMATS = frozenset({"flt", "fltp", "dbl", "dblp"})
 # Below this peak amplitude (about -80 dBFS) a recording is digital silence.
 _SILENCE_PEAK = 1e-4
 # PyAV before 19 decodes a container's tags strictly unless told otherwise, so one tag in another
@@ -91,15 +106,73 @@ def check_file_size(path: str | Path, max_bytes: int) -> int:
     return size
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A recording as the engines take it, and what the user should be told about its repair."""
+
+    samples: np.ndarray  # 16 kHz mono float32 in [-1, 1]
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def duration(self) -> float:
+        return self.samples.size / SAMPLE_RATE
+
+
 def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
+    """The samples of `decode_recording`, for callers that have nobody to warn (tests, benchmarks)."""
+    return decode_recording(path, limits).samples
+
+
+def decode_recording(path: str | Path, limits: AudioLimits) -> Decoded:
     """Decode the first audio stream of `path`, resampled to 16 kHz mono float32 in [-1, 1]."""
-    size = check_file_size(path, limits.max_bytes)
+    budget = _Budget(limits.max_duration_s, check_file_size(path, limits.max_bytes))
     _check_wav_complete(path)
-    # the bytes' own bound on the duration, within the configured one
-    justified = AudioLimits(limits.max_bytes, min(limits.max_duration_s, size * 8 / MIN_BITS_PER_SECOND))
+    samples = _decode_file(path, budget)
+    _check_long_enough(samples)
+    warnings: list[str] = []
+    if not math.isfinite(_peak(samples)):
+        samples, repaired = _without_non_finite(path, budget)
+        warnings += repaired
+    samples, scaled = _within_full_scale(samples)
+    return Decoded(samples, tuple(warnings + scaled))
+
+
+@dataclass(frozen=True)
+class _Budget:
+    """The most audio a file may decode to: the configured limit, and what its bytes justify."""
+
+    limit_s: float
+    size: int  # bytes
+
+    @property
+    def justified_s(self) -> float:
+        return self.size * 8 / MIN_BITS_PER_SECOND
+
+    @property
+    def max_s(self) -> float:
+        return min(self.limit_s, self.justified_s)
+
+    def refusal(self, seconds: float, declared: bool) -> AsrError:
+        """Over the limit: the user can cut the recording. Over what the bytes justify: the file
+        itself is wrong, whatever the limit."""
+        if self.justified_s >= self.limit_s:
+            return TooLarge(_too_long_message(seconds, self.limit_s))
+        size = format_size(self.size)
+        if declared:
+            return BadAudio(
+                f"the file declares {_clock(seconds)} of audio in only {size}, less than any real "
+                "recording that long takes: it is damaged"
+            )
+        return BadAudio(
+            f"the file's {size} decode to more than {_clock(self.justified_s)} of audio, more than a "
+            "real recording that small holds: it is damaged"
+        )
+
+
+def _decode_file(path: str | Path, budget: _Budget, non_finite: _NonFinite | None = None) -> np.ndarray:
     try:
         with open_input(path) as container:
-            return checked_samples(_decode_container(container, justified, limits))
+            return _decode_container(container, budget, non_finite)
     except av.FFmpegError as err:
         raise BadAudio(
             "this file could not be decoded as audio: it is not a recording or it is damaged"
@@ -109,27 +182,26 @@ def decode_audio(path: str | Path, limits: AudioLimits) -> np.ndarray:
 
 
 def _decode_container(
-    container: av.container.InputContainer, limits: AudioLimits, configured: AudioLimits
+    container: av.container.InputContainer, budget: _Budget, non_finite: _NonFinite | None
 ) -> np.ndarray:
-    if not container.streams.audio:
-        raise BadAudio("the file has no audio track")
-    stream = container.streams.audio[0]
-    _check_stream_header(stream)
+    stream = _audio_stream(container)
     declared = _declared_duration(container, stream)
-    if declared is not None and declared > limits.max_duration_s:
-        raise _too_long(declared, limits, configured)
+    if declared is not None:
+        _check_declared(declared, budget)
 
-    max_samples = int(limits.max_duration_s * SAMPLE_RATE)
+    max_samples = int(budget.max_s * SAMPLE_RATE)
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
     chunks: list[np.ndarray] = []
     total = 0
     for frame in container.decode(stream):
+        if non_finite is not None:
+            frame = non_finite.repaired(frame)
         direct = direct_samples(frame)
         converted = [direct] if direct is not None else _resampled(resampler, frame)
         chunks += converted
         total += sum(chunk.size for chunk in converted)
-        if total > max_samples:
-            raise _too_long(total / SAMPLE_RATE, limits, configured)
+        if total > max_samples:  # stopped as soon as it is over: no hours of decoding for nothing
+            raise budget.refusal(total / SAMPLE_RATE, declared=False)
     chunks += _resampled(resampler, None)
 
     samples = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
@@ -137,45 +209,114 @@ def _decode_container(
     return samples
 
 
-def _check_stream_header(stream: av.audio.AudioStream) -> None:
-    rate = stream.sample_rate or stream.codec_context.sample_rate or 0
-    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+def _audio_stream(container: av.container.InputContainer) -> av.audio.AudioStream:
+    """The first audio stream, if its header describes something a recording can be."""
+    if not container.streams.audio:
+        raise BadAudio("the file has no audio track")
+    stream = container.streams.audio[0]
+    if stream.codec_context is None:  # PyAV has no context for a codec FFmpeg cannot decode
+        raise BadAudio("this file could not be decoded as audio: its audio is in an encoding we cannot read")
+    rate = stream.codec_context.sample_rate
+    if rate and not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:  # 0: unknown until decoded
         raise BadAudio(
             f"the file declares a sample rate of {rate} Hz; recordings are taken at "
             f"{MIN_SAMPLE_RATE // 1000} kHz to {MAX_SAMPLE_RATE // 1000} kHz"
         )
-    channels = stream.channels or 0
+    channels = len(stream.codec_context.layout.channels)
     if channels > MAX_CHANNELS:
         raise BadAudio(f"the file declares {channels} channels; at most {MAX_CHANNELS} are taken")
+    return stream
 
 
-def _too_long(seconds: float, limits: AudioLimits, configured: AudioLimits) -> AsrError:
-    if limits.max_duration_s >= configured.max_duration_s:
-        return TooLarge(_too_long_message(seconds, configured.max_duration_s))
-    return BadAudio(
-        f"the file holds more audio ({_clock(seconds)}) than its size can carry: it is damaged or crafted"
-    )
+def _check_declared(declared: float, budget: _Budget) -> None:
+    if declared > budget.max_s:
+        raise budget.refusal(declared, declared=True)
 
 
-def checked_samples(samples: np.ndarray) -> np.ndarray:
-    """Decoded samples as the engines take them, or the problem with them named."""
-    finite = np.isfinite(samples)
-    if not finite.all():
-        bad = int(samples.size - np.count_nonzero(finite))
-        first = int(np.argmin(finite)) / SAMPLE_RATE
-        raise BadAudio(
-            f"{bad} of {samples.size} samples ({100 * bad / samples.size:.2g} %) are not numbers "
-            f"(NaN or infinite), the first at {first:.2f} s: the file is damaged; export it again"
-        )
+def _check_long_enough(samples: np.ndarray) -> None:
     if samples.size < MIN_DURATION_S * SAMPLE_RATE:
+        ms = samples.size * 1000 // SAMPLE_RATE  # rounded down: 99.9 ms is not "100 ms, too short"
+        length = f"{ms} ms" if ms else "less than 1 ms"
         raise NoSpeech(
-            f"the recording is {1000 * samples.size / SAMPLE_RATE:.0f} ms long, too short to hold "
-            f"speech (the shortest taken is {1000 * MIN_DURATION_S:.0f} ms)"
+            f"the recording is {length} long, too short to hold speech "
+            f"(the shortest taken is {1000 * MIN_DURATION_S:.0f} ms)"
         )
-    peak = float(np.max(np.abs(samples)))
-    if peak > 1.0:  # beyond full scale (a float file): scaled, so the features cannot overflow
-        samples = samples / np.float32(peak)
-    return samples
+
+
+def _peak(samples: np.ndarray) -> float:
+    """The largest magnitude; NaN or infinite when any sample is."""
+    return float(np.max(np.abs(samples)))
+
+
+@dataclass
+class _NonFinite:
+    """Counts the decoded values that are not numbers and zeroes them, frame by frame, before the
+    resampler: its filter would smear each over dozens of output samples (NaN times anything is
+    NaN), and the share that decides whether the file is damaged is of the file's own samples."""
+
+    bad: int = 0
+    total: int = 0  # values of every channel
+
+    def repaired(self, frame: av.AudioFrame) -> av.AudioFrame:
+        self.total += frame.samples * len(frame.layout.channels)
+        if frame.format.name not in _FLOAT_FORMATS:  # integer samples are always numbers
+            return frame
+        values = frame.to_ndarray()
+        bad = ~np.isfinite(values)
+        count = int(np.count_nonzero(bad))
+        if not count:
+            return frame
+        self.bad += count
+        values[bad] = 0
+        fixed = av.AudioFrame.from_ndarray(values, format=frame.format.name, layout=frame.layout.name)
+        fixed.sample_rate = frame.sample_rate
+        fixed.pts, fixed.time_base = frame.pts, frame.time_base
+        return fixed
+
+    def warnings(self) -> list[str]:
+        """What the user is told; `BadAudio` when too many were not numbers to call it a recording."""
+        if not self.bad:
+            return []
+        share = _percent(self.bad / self.total)
+        if self.bad > MAX_NON_FINITE_SHARE * self.total:
+            raise BadAudio(f"{share} of the samples are not numbers (NaN or infinite): the file is damaged")
+        return [
+            f"{self.bad} samples ({share}) were not numbers (NaN or infinite) and were replaced by silence"
+        ]
+
+
+def _without_non_finite(path: str | Path, budget: _Budget) -> tuple[np.ndarray, list[str]]:
+    """The file decoded again, its samples that are not numbers silenced before resampling.
+
+    Only a damaged file takes this second pass: checking every frame of every file would cost
+    every recording a share of its decoding time, for files that are almost never damaged.
+    """
+    non_finite = _NonFinite()
+    samples = _decode_file(path, budget, non_finite)
+    return samples, non_finite.warnings()
+
+
+def _within_full_scale(samples: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """Samples beyond full scale scaled down to it, so that the features cannot overflow."""
+    peak = _peak(samples)
+    if not math.isfinite(peak):  # finite samples whose resampling overflowed float32
+        raise BadAudio("the samples are far beyond any recording's range: the file is damaged")
+    if peak <= 1.0:
+        return samples, []
+    samples /= np.float32(peak)  # our own array; linear, so the content is kept
+    if peak <= _WARN_PEAK:
+        return samples, []
+    return samples, [
+        f"the samples reach {peak:.3g} times full scale (the file may be damaged); "
+        "the recording was scaled down to full scale, which keeps its content"
+    ]
+
+
+def _percent(share: float) -> str:
+    percent = 100 * share
+    if percent < 0.01:
+        return "less than 0.01 %"
+    return f"{percent:.0f} %" if percent >= 10 else f"{percent:.2f} %"
 
 
 def direct_samples(frame: av.AudioFrame) -> np.ndarray | None:
@@ -207,13 +348,18 @@ def _resampled(resampler: av.AudioResampler, frame: av.AudioFrame | None) -> lis
 
 
 def probe_duration(path: str | Path) -> float | None:
-    """Seconds of audio from the container's header, without decoding; None if unreadable."""
+    """Seconds of audio from the container's header, without decoding; None if unreadable, or if
+    `decode_recording` would refuse the header (its rate, its channels, more audio than its bytes
+    justify)."""
     try:
+        budget = _Budget(math.inf, os.path.getsize(path))
         with open_input(path) as container:
-            if not container.streams.audio:
-                return None
-            return _declared_duration(container, container.streams.audio[0])
-    except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
+            stream = _audio_stream(container)
+            declared = _declared_duration(container, stream)
+            if declared is not None:
+                _check_declared(declared, budget)
+            return declared
+    except (AsrError, av.FFmpegError, OSError, ValueError, UnicodeDecodeError):
         return None
 
 

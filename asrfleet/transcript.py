@@ -22,11 +22,15 @@ class Transcript:
     duration: float  # seconds of audio
     language: str | None = None
     model: str = ""
+    # What the user should know about how the recording was read (samples repaired or scaled):
+    # part of the result, so two transcripts that warn differently are not equal.
+    warnings: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict, compare=False)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["sentences"] = [asdict(s) for s in self.sentences]
+        data["warnings"] = list(self.warnings)
         data.pop("timings")
         return data
 
@@ -38,6 +42,7 @@ class Transcript:
             duration=float(data.get("duration", 0.0)),
             language=data.get("language"),
             model=data.get("model", ""),
+            warnings=tuple(data.get("warnings", ())),
         )
 
 

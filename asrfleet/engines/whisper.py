@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
+from asrfleet.audio import SAMPLE_RATE, AudioLimits, Decoded, check_not_silent, decode_recording
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import Admission, TranscribeOptions, display_name
 from asrfleet.engines.device import available_cpus, pick_device, set_blocking_sync
@@ -62,15 +62,15 @@ class WhisperTranscriber:
 
     def transcribe(self, path: Path, options: TranscribeOptions) -> Transcript:
         with self._admission.admit():
-            samples = decode_audio(path, self.limits)
-            check_not_silent(samples)
+            decoded = decode_recording(path, self.limits)
+            check_not_silent(decoded.samples)
             with self._slots:
-                return self._recognize(samples, options)
+                return self._recognize(decoded, options)
 
-    def _recognize(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
+    def _recognize(self, decoded: Decoded, options: TranscribeOptions) -> Transcript:
         started = time.perf_counter()
         segments, info = self._model.transcribe(
-            samples,
+            decoded.samples,
             beam_size=5,
             language=options.language,
             initial_prompt=options.hotwords,
@@ -83,9 +83,10 @@ class WhisperTranscriber:
         return Transcript(
             text=text,
             sentences=sentences,
-            duration=samples.size / SAMPLE_RATE,
+            duration=decoded.duration,
             language=info.language,
             model=self.model_name,
+            warnings=decoded.warnings,
             timings={"total_s": time.perf_counter() - started},
         )
 

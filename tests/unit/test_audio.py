@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -152,53 +153,176 @@ def _wav(path, samples: bytes, rate: int = 16000, channels: int = 1, bits: int =
     return path
 
 
-LIMITS = AudioLimits(100 * 2**20, 6 * 3600)
+def _float_wav(tmp_path, samples: np.ndarray, name: str = "f.wav"):
+    return _wav(tmp_path / name, samples.astype("<f4").tobytes(), bits=32, fmt=3)
 
 
-def _float_wav(tmp_path, samples: np.ndarray):
-    return _wav(tmp_path / "f.wav", samples.astype("<f4").tobytes(), bits=32, fmt=3)
+def _sine(seconds: float = 2.0, amplitude: float = 0.3) -> np.ndarray:
+    return (amplitude * np.sin(np.arange(int(16000 * seconds)) / 5)).astype(np.float32)
+
+
+# Room enough that the hostile files below are inside the duration limit, as in production (a
+# 1 Hz WAV of 36 KB declares 5 hours): what refuses them must be the header checks.
+ROOMY = AudioLimits(100 * 2**20, 6 * 3600)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_samples_that_are_not_numbers_are_named_with_where_they_start(tmp_path, bad):
-    samples = (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32)
-    samples[8000:8010] = bad
-    with pytest.raises(BadAudio, match=r"^10 of 16000 samples .* not numbers .* first at 0\.50 s"):
-        decode_audio(_float_wav(tmp_path, samples), LIMITS)
+def test_a_few_samples_that_are_not_numbers_become_silence_with_a_warning(tmp_path, bad):
+    clean = _sine()
+    damaged = clean.copy()
+    damaged[8000:8037] = bad
+    decoded = audio.decode_recording(_float_wav(tmp_path, damaged), ROOMY)
+    assert np.isfinite(decoded.samples).all()
+    assert np.all(decoded.samples[8000:8037] == 0)
+    assert np.array_equal(np.delete(decoded.samples, range(8000, 8037)), np.delete(clean, range(8000, 8037)))
+    assert decoded.warnings == (
+        "37 samples (0.12 %) were not numbers (NaN or infinite) and were replaced by silence",
+    )
 
 
-def test_samples_beyond_full_scale_are_scaled_and_others_left_exact(tmp_path):
-    loud = (1e30 * np.sin(np.arange(16000) / 5)).astype(np.float32)
-    decoded = decode_audio(_float_wav(tmp_path, loud), LIMITS)
-    assert np.isfinite(decoded).all() and np.max(np.abs(decoded)) == pytest.approx(1.0)
-    normal = (0.5 * np.sin(np.arange(16000) / 5)).astype(np.float32)
-    assert np.array_equal(decode_audio(_float_wav(tmp_path, normal), LIMITS), normal)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_file_mostly_not_numbers_is_damaged(tmp_path, bad):
+    with pytest.raises(
+        BadAudio, match=r"^100 % of the samples are not numbers \(NaN or infinite\): the file is damaged"
+    ):
+        decode_audio(_float_wav(tmp_path, np.full(16000, bad, np.float32)), ROOMY)
 
 
-@pytest.mark.parametrize(("samples", "words"), [(1, "0 ms"), (80, "5 ms"), (1599, "100 ms")])
+def test_one_percent_not_numbers_is_still_a_recording_and_more_is_not(tmp_path):
+    samples = _sine(1.0)
+    samples[:160] = np.nan  # 1 % of 16 000
+    assert len(audio.decode_recording(_float_wav(tmp_path, samples), ROOMY).warnings) == 1
+    samples[160] = np.nan
+    with pytest.raises(BadAudio, match=r"^1\.01 % of the samples are not numbers"):
+        decode_audio(_float_wav(tmp_path, samples), ROOMY)
+
+
+def test_not_numbers_are_silenced_before_resampling_not_after(tmp_path):
+    """The resampler's filter would turn each NaN into dozens: the file decodes as if its bad
+    samples had been zeros, and the warning counts the file's own samples (both channels)."""
+    stereo = np.repeat(_sine(2.0 * 44100 / 16000), 2)  # 2 s at 44.1 kHz, interleaved
+    damaged, zeroed = stereo.copy(), stereo.copy()
+    damaged[40000:40020], zeroed[40000:40020] = np.nan, 0.0
+    write = lambda name, x: _wav(tmp_path / name, x.astype("<f4").tobytes(), 44100, 2, 32, 3)  # noqa: E731
+    decoded = audio.decode_recording(write("nan.wav", damaged), ROOMY)
+    assert np.array_equal(decoded.samples, decode_audio(write("zero.wav", zeroed), ROOMY))
+    assert decoded.warnings == (
+        "20 samples (0.01 %) were not numbers (NaN or infinite) and were replaced by silence",
+    )
+
+
+def test_samples_beyond_full_scale_are_scaled_linearly_with_a_warning(tmp_path):
+    loud = 1e30 * _sine(1.0, amplitude=1.0)
+    decoded = audio.decode_recording(_float_wav(tmp_path, loud), ROOMY)
+    peak = np.max(np.abs(loud))
+    assert np.array_equal(decoded.samples, loud / peak) and np.max(np.abs(decoded.samples)) == 1.0
+    assert decoded.warnings == (
+        "the samples reach 1e+30 times full scale (the file may be damaged); "
+        "the recording was scaled down to full scale, which keeps its content",
+    )
+
+
+def test_samples_whose_downmix_overflows_a_float_are_damaged(tmp_path):
+    """Both channels at float32's maximum: their sum in the downmix is infinite, not a recording."""
+    extreme = np.full(2 * 44100, np.finfo(np.float32).max, "<f4")
+    path = _wav(tmp_path / "max.wav", extreme.tobytes(), 44100, 2, 32, 3)
+    with pytest.raises(BadAudio, match="far beyond any recording's range: the file is damaged"):
+        decode_audio(path, ROOMY)
+
+
+def test_a_codec_s_overshoot_is_scaled_without_a_warning(tmp_path):
+    decoded = audio.decode_recording(_float_wav(tmp_path, _sine(1.0, amplitude=1.5)), ROOMY)
+    assert np.max(np.abs(decoded.samples)) == 1.0 and decoded.warnings == ()
+
+
+def test_recordings_within_full_scale_decode_bit_exactly_as_before(tmp_path):
+    floats = _sine(amplitude=0.5)
+    assert np.array_equal(decode_audio(_float_wav(tmp_path, floats), ROOMY), floats)
+    ints = (_sine(amplitude=1.0) * 32767).astype("<i2")
+    ints[100] = -32768  # exactly full scale: not "beyond" it
+    decoded = audio.decode_recording(_wav(tmp_path / "i.wav", ints.tobytes()), ROOMY)
+    assert np.array_equal(decoded.samples, ints.astype(np.float32) / 32768) and decoded.warnings == ()
+
+
+@pytest.mark.parametrize(("samples", "words"), [(1, "less than 1 ms"), (80, "5 ms"), (1599, "99 ms")])
 def test_too_short_to_hold_speech_says_how_long(tmp_path, samples, words):
     path = _wav(tmp_path / "short.wav", np.full(samples, 3000, "<i2").tobytes())
-    with pytest.raises(NoSpeech, match=rf"^the recording is {words} long, too short to hold speech"):
-        decode_audio(path, LIMITS)
+    with pytest.raises(
+        NoSpeech,
+        match=rf"^the recording is {words} long, too short to hold speech \(the shortest taken is 100 ms\)$",
+    ):
+        decode_audio(path, ROOMY)
+
+
+def test_a_tenth_of_a_second_is_long_enough(tmp_path):
+    path = _wav(tmp_path / "short.wav", np.full(1600, 3000, "<i2").tobytes())
+    assert decode_audio(path, ROOMY).size == 1600
 
 
 @pytest.mark.parametrize(("rate", "words"), [(1, "1 Hz"), (1000, "1000 Hz"), (1_000_000, "1000000 Hz")])
 def test_absurd_sample_rates_are_refused_from_the_header(tmp_path, rate, words):
     path = _wav(tmp_path / "rate.wav", np.zeros(18000, "<i2").tobytes(), rate=rate)
     with pytest.raises(BadAudio, match=rf"declares a sample rate of {words}; recordings are taken at 4 kHz"):
-        decode_audio(path, LIMITS)
+        decode_audio(path, ROOMY)
+    assert audio.probe_duration(path) is None  # nor planned for as hours of audio
 
 
 def test_a_hundred_channels_are_refused_from_the_header(tmp_path):
     path = _wav(tmp_path / "many.wav", np.zeros(100 * 1600, "<i2").tobytes(), channels=100)
-    with pytest.raises(BadAudio, match="declares 100 channels; at most 32"):
-        decode_audio(path, LIMITS)
+    with pytest.raises(BadAudio, match="declares 100 channels; at most 32 are taken"):
+        decode_audio(path, ROOMY)
+    assert audio.probe_duration(path) is None
 
 
-def test_more_audio_than_the_bytes_can_carry_is_refused(tmp_path, monkeypatch):
-    # No real codec goes under 256 bit/s (FLAC of a constant signal takes about 1.5 kbit/s), so the
-    # floor is raised here to a WAV's own rate: what its 2 s declare is more than 0.5 s can carry.
-    path = _wav(tmp_path / "two.wav", np.full(32000, 3000, "<i2").tobytes())
-    monkeypatch.setattr(audio, "MIN_BITS_PER_SECOND", 4 * 16 * 16000)
-    with pytest.raises(BadAudio, match=r"more audio \(0:00:02\) than its size can carry"):
-        decode_audio(path, LIMITS)
+@pytest.mark.parametrize("fmt", [0, 0x1234])
+def test_an_encoding_without_a_decoder_is_named(tmp_path, fmt):
+    path = _wav(tmp_path / "odd.wav", np.zeros(16000, "<i2").tobytes(), fmt=fmt)
+    with pytest.raises(
+        BadAudio, match="could not be decoded as audio: its audio is in an encoding we cannot"
+    ):
+        decode_audio(path, ROOMY)
+    assert audio.probe_duration(path) is None
+
+
+def _constant_flac(path, seconds: float, declare_length: bool = True):
+    """A FLAC bomb: a constant signal in FLAC's largest blocks, 4 s of audio in a few bytes (an
+    hour is 20 KB); without its length, the header declares no duration at all."""
+    block = 65535
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("flac", rate=16000, layout="mono", options={"frame_size": str(block)})
+        total = int(seconds * 16000)
+        for start in range(0, total, block):
+            frame = av.AudioFrame.from_ndarray(
+                np.full((1, min(block, total - start)), 300, np.int16), format="s16", layout="mono"
+            )
+            frame.sample_rate, frame.pts, frame.time_base = 16000, start, Fraction(1, 16000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    if not declare_length:  # STREAMINFO's 36-bit sample count, 0: unknown
+        data = bytearray(path.read_bytes())
+        data[21] &= 0xF0
+        data[22:26] = bytes(4)
+        path.write_bytes(data)
+    return path
+
+
+def test_more_audio_than_the_bytes_can_hold_is_refused_from_the_header(tmp_path):
+    path = _constant_flac(tmp_path / "bomb.flac", 3600)
+    with pytest.raises(BadAudio, match=r"declares 1:00:00 of audio in only 20\.0 KiB, less than any real"):
+        decode_audio(path, ROOMY)
+    assert audio.probe_duration(path) is None
+
+
+def test_a_bomb_without_a_declared_duration_stops_where_its_bytes_do(tmp_path):
+    path = _constant_flac(tmp_path / "bomb.flac", 3600, declare_length=False)
+    assert audio.probe_duration(path) is None
+    with pytest.raises(BadAudio, match=r"the file's 20\.0 KiB decode to more than 0:10:40 of audio"):
+        decode_audio(path, ROOMY)
+
+
+def test_within_its_bytes_the_duration_limit_still_speaks(tmp_path):
+    path = _constant_flac(tmp_path / "bomb.flac", 3600, declare_length=False)
+    with pytest.raises(TooLarge, match=r"the recording is 0:05:0\d long; the limit is 0:05:00"):
+        decode_audio(path, AudioLimits(2**30, 300))

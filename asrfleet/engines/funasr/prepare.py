@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from asrfleet.audio import SAMPLE_RATE, AudioLimits, check_not_silent, decode_audio
+from asrfleet.audio import AudioLimits, check_not_silent, decode_recording
 from asrfleet.engines.funasr import vad_frames
 from asrfleet.engines.funasr.features import FbankReuse, build_frontend
 from asrfleet.engines.funasr.segments import Features, Segmented, Span
@@ -62,13 +62,14 @@ class Preparer:
         self.fbank.check(self.find_speech)
 
     def prepare(self, path: Path | str) -> Iterator[Segmented | Features]:
-        samples = decode_audio(path, self.settings.limits)
+        decoded = decode_recording(path, self.settings.limits)
+        samples = decoded.samples
         check_not_silent(samples)
         self.fbank.start(samples.size)
         segments = self.find_speech(samples)
         if not segments:
             raise NoSpeech("no speech was found in the recording")
-        yield Segmented(duration=samples.size / SAMPLE_RATE, segments=segments)
+        yield Segmented(duration=decoded.duration, segments=segments, warnings=decoded.warnings)
         step = self.settings.chunk_segments
         for first in range(0, len(segments), step):
             chunk = segments[first : first + step]

@@ -42,10 +42,12 @@ class Attempt(NamedTuple):
 
 @dataclass(frozen=True)
 class Segmented:
-    """A worker's first message for a file: its duration and speech segments."""
+    """A worker's first message for a file: its duration, speech segments, and what decoding
+    repaired (`audio.Decoded.warnings`), for the transcript."""
 
     duration: float
     segments: list[Span]
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ class _Job:
     attempt: int = 0
     duration: float = 0.0
     segments: list[Span] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()  # from decoding, for the transcript
     results: dict[int, SegmentText] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
     segmented: float = 0.0  # when a worker's segment list came back
@@ -244,6 +245,7 @@ class FunasrTranscriber:
             return
         if isinstance(message, Segmented):
             job.duration, job.segments, job.results = message.duration, message.segments, {}
+            job.warnings = message.warnings
             job.segmented = time.perf_counter()
         elif isinstance(message, Features):
             items = [(message.first_index + i, f) for i, f in enumerate(message.feats)]
@@ -282,6 +284,7 @@ class FunasrTranscriber:
                 duration=job.duration,
                 language="zh",
                 model=self.model_name,
+                warnings=job.warnings,
                 timings={"total_s": done - job.started},
             )
         except AsrError as err:
