@@ -13,6 +13,7 @@ from asrfleet.fleet import commands, state
 from asrfleet.fleet.commands import LaunchError, SshOptions
 from asrfleet.fleet.gpus import parse_gpu_list
 from asrfleet.fleet.plan import FleetOptions
+from asrfleet.fleet.probes import lb_url
 from asrfleet.fleet.spec import DEFAULT_HOST, DEFAULT_LB_PORT
 
 COMMANDS = ("up", "status", "stop", "restart", "logs", "transcribe")
@@ -26,7 +27,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _up_parser(sub.add_parser("up", help="start the fleet, or change the running one (the default)"))
     _common(sub.add_parser("status", help="instances, GPUs, ports, states; exit 1 when anything is down"))
-    _common(sub.add_parser("stop", help="stop every instance (finishing their work) and nginx"))
+    _common(
+        sub.add_parser(
+            "stop",
+            help="stop every instance (finishing their work) and nginx, and end whatever outlives "
+            "supervisord; exit 7 when a process or a port of the fleet could not be freed",
+        )
+    )
     restart = _common(sub.add_parser("restart", help="rolling restart, one instance at a time"))
     restart.add_argument("instance", nargs="?", help="only this one (e.g. asr-1)")
     restart.add_argument("--ready-timeout", type=float, default=900.0)
@@ -131,8 +138,7 @@ def _local_fleet_url(run_dir: Path) -> str:
     spec = state.load(run_dir)
     if spec is None:
         return f"http://{DEFAULT_HOST}:{DEFAULT_LB_PORT}"
-    host = "127.0.0.1" if spec.lb_host in ("0.0.0.0", "::") else spec.lb_host
-    return f"http://{host}:{spec.lb_port}"
+    return lb_url(spec)
 
 
 def main(argv: list[str] | None = None) -> int:

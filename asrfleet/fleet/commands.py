@@ -21,12 +21,25 @@ from pathlib import Path
 
 from asrfleet.config import InstanceConfig
 from asrfleet.cpus import read_cores
-from asrfleet.fleet import state
-from asrfleet.fleet.control import RUNNING, Supervisor
+from asrfleet.fleet import procfs, state
+from asrfleet.fleet.control import ALIVE_STATES, RUNNING, ProcessInfo, Supervisor
 from asrfleet.fleet.gpus import discover_gpus
 from asrfleet.fleet.plan import FleetOptions, Plan, instance_by_name, plan_fleet, with_down, with_draining
-from asrfleet.fleet.probes import Readiness, activity, instance_url, is_quiet, port_in_use, probe
-from asrfleet.fleet.render import nginx_test_command, render_nginx, render_supervisord, required_directories
+from asrfleet.fleet.probes import (
+    Readiness,
+    activity,
+    instance_url,
+    is_quiet,
+    lb_answers,
+    port_in_use,
+    probe,
+)
+from asrfleet.fleet.render import (
+    nginx_test_command,
+    render_nginx,
+    render_supervisord,
+    required_directories,
+)
 from asrfleet.fleet.spec import FleetSpec, InstanceSpec
 from asrfleet.fleet.ssh import ssh_tunnel_command
 from asrfleet.hub import ModelRequest, ModelUnavailable, resolve
@@ -39,9 +52,13 @@ EXIT_MODELS = 3  # a model could not be found or downloaded
 EXIT_CONFIG = 4  # the fleet cannot be planned, or nginx -t rejects its config
 EXIT_NOT_READY = 5  # instances did not become ready
 EXIT_NOT_RUNNING = 6  # no fleet runs in this run directory
+EXIT_NOT_STOPPED = 7  # stop: a process of the fleet, or another one on its ports, is still there
 
 _QUIET_S = 0.5  # an instance with no request for this long is drained
 _POLL_S = 0.5
+_NGINX_START_TIMEOUT_S = 60.0  # enough for startretries failed starts of nginx, so FATAL comes first
+_SUPERVISORD_EXIT_S = 10.0  # supervisord exits a moment after its socket stops answering
+_LEFTOVER_GRACE_S = 5.0  # between SIGTERM and SIGKILL for what outlived supervisord
 
 
 class LaunchError(Exception):
@@ -82,6 +99,7 @@ def up(opts: FleetOptions, ssh: SshOptions, out: Say = say) -> int:
     supervisor.start(spec.supervisord_conf)
     state.save(spec)
     wait_ready(spec, list(spec.instances), supervisor, opts.ready_timeout_s, out)
+    wait_nginx(spec, supervisor, _NGINX_START_TIMEOUT_S)
     print_fleet(spec, supervisor, ssh, out)
     return EXIT_OK
 
@@ -190,6 +208,7 @@ def wait_ready(
     started = time.monotonic()
     pending = {i.name: i for i in instances}
     shown = (-1, 0.0)  # the pending count last shown, and when
+    shown_states: dict[str, str] = {}  # what each pending instance is doing, as `status` says it
     while pending:
         states = supervisor.processes()
         for name, instance in list(pending.items()):
@@ -201,11 +220,18 @@ def wait_ready(
                     + log_tail(instance, 20),
                     EXIT_NOT_READY,
                 )
-            if probe(instance).ready:
+            readiness = probe(instance)
+            if readiness.ready:
                 del pending[name]
+            else:
+                shown_states[name] = _state_text(info.state if info else "MISSING", readiness)
         elapsed = time.monotonic() - started
         if pending and (len(pending) != shown[0] or elapsed - shown[1] >= 10):  # on change, else every 10 s
-            out(f"waiting for {len(pending)}/{len(instances)} instances to load models ({elapsed:.0f} s)")
+            states_text = ", ".join(f"{name} {shown_states[name]}" for name in sorted(pending))
+            out(
+                f"waiting for {len(pending)}/{len(instances)} instances to load models "
+                f"({elapsed:.0f} s): {states_text}"
+            )
             shown = (len(pending), elapsed)
         if pending and elapsed > timeout:
             names = ", ".join(sorted(pending))
@@ -214,6 +240,23 @@ def wait_ready(
             )
         if pending:
             time.sleep(_POLL_S)
+
+
+def wait_nginx(spec: FleetSpec, supervisor: Supervisor, timeout: float) -> None:
+    """Wait until supervisord counts nginx started and the fleet's port answers its /healthz."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = supervisor.processes().get("nginx")
+        text, serving = nginx_state(spec, info)
+        if serving:
+            return
+        if (info is not None and info.state == "FATAL") or time.monotonic() > deadline:
+            raise LaunchError(
+                f"nginx did not start ({text}); its last error log lines:\n"
+                + file_tail(spec.nginx_error_log, 20),
+                EXIT_NOT_READY,
+            )
+        time.sleep(_POLL_S)
 
 
 # -- reconcile a running fleet -------------------------------------------------------------------
@@ -326,7 +369,25 @@ def drain(spec: FleetSpec, instance: InstanceSpec, out: Say) -> None:
 
 
 def stop(run_dir: Path, out: Say = say) -> int:
-    spec, supervisor = _running(run_dir)
+    """Stop the instances (each finishing its work), then supervisord and nginx; then make sure that
+    nothing of the fleet runs or listens any more, ending what outlived supervisord."""
+    spec = _load(run_dir)
+    supervisor = Supervisor(spec.socket_path)
+    running = supervisor.is_running()
+    session = supervisor.pid() if running else _supervisord_session(spec)  # before its pid file goes
+    if running:
+        _stop_programs(spec, supervisor, out)
+        supervisor.shutdown()
+    else:
+        out(f"supervisord is not running in {spec.run_dir}; looking for what is left of the fleet")
+    ended = end_leftovers(spec, session, out)
+    if not running and not ended:
+        raise LaunchError(_not_running_message(spec), EXIT_NOT_RUNNING)
+    out("fleet stopped")
+    return EXIT_OK
+
+
+def _stop_programs(spec: FleetSpec, supervisor: Supervisor, out: Say) -> None:
     names = [i.name for i in spec.instances]
     out(f"stopping {len(names)} instances (each finishes its work in flight)")
     for name in names:  # all at once: each drains in parallel
@@ -334,20 +395,78 @@ def stop(run_dir: Path, out: Say = say) -> int:
     still = supervisor.wait_stopped(names, spec.supervisor.stopwaitsecs + 15)
     if still:
         out(f"warning: still stopping: {', '.join(still)}")
-    supervisor.shutdown()
-    out("fleet stopped")
-    return EXIT_OK
 
 
-def _running(run_dir: Path) -> tuple[FleetSpec, Supervisor]:
+def end_leftovers(spec: FleetSpec, session: int | None, out: Say) -> int:
+    """End the processes of supervisord's session that outlived it; fail unless the fleet's ports are
+    free afterwards. How many processes were ended.
+
+    Every process of the fleet is in supervisord's session: supervisord makes it (setsid) and each
+    program gets a process group inside it, as does nginx's master under its guard; children stay
+    in it unless they leave on purpose. Linux does not reuse a pid while a session of that number
+    has members, so the session's members are the fleet's even once supervisord is gone.
+    """
+    left: list[procfs.Proc] = []
+    if session is not None:
+        procfs.wait_gone([session], _SUPERVISORD_EXIT_S)
+        left = procfs.members(sessions=[session])
+    survivors: list[int] = []
+    if left:
+        out(
+            f"warning: {len(left)} processes of the fleet outlived supervisord; ending them: "
+            + ", ".join(p.describe() for p in left)
+        )
+        survivors = procfs.terminate([p.pid for p in left], _LEFTOVER_GRACE_S)
+    problems = [f"process {pid} did not end" for pid in survivors]
+    problems += [f"port {port} is still in use by {holders}" for port, holders in _busy_ports(spec).items()]
+    if problems:
+        raise LaunchError("the fleet did not stop completely: " + "; ".join(problems), EXIT_NOT_STOPPED)
+    return len(left)
+
+
+def _busy_ports(spec: FleetSpec) -> dict[int, str]:
+    """The fleet's ports that something still listens on, each with who that is."""
+    wanted = [(spec.lb_host, spec.lb_port)] + [(i.host, i.port) for i in spec.instances]
+    busy = [port for host, port in wanted if port_in_use(host, port)]
+    holders = procfs.listeners(busy)
+    return {port: _holders(holders.get(port, set())) for port in busy}
+
+
+def _holders(pids: set[int]) -> str:
+    procs = [p for p in map(procfs.read, sorted(pids)) if p is not None]
+    return ", ".join(p.describe() for p in procs) or "a process this user cannot see"
+
+
+def _supervisord_session(spec: FleetSpec) -> int | None:
+    """The session of a supervisord that is gone (or does not answer), from its pid file; None when
+    that pid now belongs to another program."""
+    pid = procfs.read_pid_file(spec.supervisord_pid_file)
+    if pid is None:
+        return None
+    proc = procfs.read(pid)
+    if proc is not None and not proc.zombie:
+        # Still there: it must be this fleet's supervisord (a hung one), not a reused pid.
+        if "supervisord" not in proc.title or str(spec.supervisord_conf) not in proc.title:
+            return None
+    return pid
+
+
+def _load(run_dir: Path) -> FleetSpec:
     spec = state.load(run_dir)
     if spec is None:
         raise LaunchError(f"no fleet was started from {run_dir.resolve()}", EXIT_NOT_RUNNING)
+    return spec
+
+
+def _not_running_message(spec: FleetSpec) -> str:
+    return f"the fleet in {spec.run_dir} is not running (supervisord is down)"
+
+
+def _running(run_dir: Path) -> tuple[FleetSpec, Supervisor]:
+    spec = _load(run_dir)
     supervisor = Supervisor(spec.socket_path)
     if not supervisor.is_running():
-        raise LaunchError(
-            f"the fleet in {spec.run_dir} is not running (supervisord is down)", EXIT_NOT_RUNNING
-        )
+        raise LaunchError(_not_running_message(spec), EXIT_NOT_RUNNING)
     return spec, supervisor
 
 
@@ -368,7 +487,7 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
     failed = []
     for instance in spec.instances:
         info = states.get(instance.name)
-        alive = info is not None and info.state in (RUNNING, "STARTING")
+        alive = info is not None and info.state in ALIVE_STATES
         readiness = probe(instance) if alive else Readiness(False, "down")
         shown = _state_text(info.state if info else "MISSING", readiness)
         healthy &= readiness.ready
@@ -378,11 +497,14 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
         cpus = instance.cpus or "any"
         rows.append((instance.name, gpu, cpus, str(instance.port), instance_url(instance), shown))
     nginx = states.get("nginx")
-    healthy &= nginx is not None and nginx.state == RUNNING
+    nginx_text, serving = nginx_state(spec, nginx)
+    healthy &= serving
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-    out(f"\nnginx: http://{spec.lb_host}:{spec.lb_port}  ({nginx.state if nginx else 'MISSING'})")
+    out(f"\nnginx: http://{spec.lb_host}:{spec.lb_port}  ({nginx_text})")
+    if nginx is not None and nginx.state in ("FATAL", "BACKOFF", "EXITED"):
+        out(f"\nnginx is {nginx.state}; its last error log lines:\n{file_tail(spec.nginx_error_log, 15)}")
     for instance in failed:
         out(f"\n{instance.name} is FATAL (it kept crashing); its last log lines:\n{log_tail(instance, 15)}")
     ports = [spec.lb_port] + [i.port for i in spec.instances]
@@ -394,11 +516,30 @@ def print_fleet(spec: FleetSpec, supervisor: Supervisor, ssh: SshOptions, out: S
 def _state_text(process_state: str, readiness: Readiness) -> str:
     if readiness.ready:
         return "ready"
-    if process_state not in (RUNNING, "STARTING"):
+    if process_state not in ALIVE_STATES:
         return process_state
     if readiness.status == "foreign":
         return f"port taken by another process ({readiness.detail.get('name', '?')})"
+    if readiness.status == "down":
+        # Its process runs, but nothing accepts connections on its port yet: an instance listens
+        # only once its models are loaded.
+        return "loading"
     return readiness.status
+
+
+def nginx_state(spec: FleetSpec, info: ProcessInfo | None) -> tuple[str, bool]:
+    """What `status` says of nginx, and whether it serves: supervisord's state, and whether the
+    fleet's port answers nginx's own /healthz (a process that runs is not yet one that serves)."""
+    process_state = info.state if info is not None else "MISSING"
+    answers = lb_answers(spec)
+    if process_state in ALIVE_STATES:
+        answer = "answers /healthz" if answers else "but its port does not answer /healthz"
+        return f"{process_state}, {answer}", process_state == RUNNING and answers
+    text = f"{process_state}: {info.description}" if info is not None and info.description else process_state
+    if port_in_use(spec.lb_host, spec.lb_port):
+        held = procfs.listeners([spec.lb_port]).get(spec.lb_port, set())
+        text += f"; port {spec.lb_port} is held by {_holders(held)}"
+    return text, False
 
 
 def logs(run_dir: Path, name: str, lines: int, follow: bool, out: Say = say) -> int:
@@ -413,10 +554,14 @@ def logs(run_dir: Path, name: str, lines: int, follow: bool, out: Say = say) -> 
 
 
 def log_tail(instance: InstanceSpec, lines: int) -> str:
+    return file_tail(instance.log_file, lines)
+
+
+def file_tail(path: Path, lines: int) -> str:
     try:
-        text = instance.log_file.read_text(errors="replace")
+        text = path.read_text(errors="replace")
     except OSError:
-        return f"(no log yet at {instance.log_file})"
+        return f"(no log yet at {path})"
     return "\n".join(text.splitlines()[-lines:])
 
 

@@ -13,6 +13,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 # supervisord's process states (supervisor.states.ProcessStates), by name.
 RUNNING = "RUNNING"
+ALIVE_STATES = {"STARTING", RUNNING}  # the program's process runs (it may not be serving yet)
 STOPPED_STATES = {"STOPPED", "EXITED", "FATAL"}
 
 
@@ -43,6 +44,10 @@ class Supervisor:
             return self.rpc.getState()["statename"] == "RUNNING"
         except (OSError, xmlrpc.client.Error):
             return False
+
+    def pid(self) -> int:
+        """supervisord's own pid: the session of every process the fleet runs."""
+        return int(self.rpc.getPID())
 
     def start(self, conf: Path, timeout: float = 30.0) -> None:
         """Start supervisord on `conf`; it daemonizes itself. Returns once its socket answers."""

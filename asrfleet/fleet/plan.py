@@ -91,6 +91,7 @@ def plan_fleet(
         lb_port=opts.lb_port,
         nginx_binary=opts.nginx,
         nginx_user=_root_name(),
+        python=python,
     )
     return Plan(spec, tuple(c for c, _ in configs), tuple(warnings))
 

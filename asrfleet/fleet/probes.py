@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from asrfleet.fleet.spec import InstanceSpec
+from asrfleet.fleet.spec import FleetSpec, InstanceSpec
 
 PROBE_TIMEOUT_S = 2.0
 
@@ -15,7 +15,10 @@ PROBE_TIMEOUT_S = 2.0
 @dataclass(frozen=True)
 class Readiness:
     ready: bool
-    status: str  # "ready", "loading", "failed", "down" (no answer), "foreign" (another process answers)
+    # "ready", "loading", "failed", "foreign" (another process answers), "down": no connection,
+    # because nothing runs there, or because an instance accepts connections only once its models
+    # are loaded (then `status` shows it as loading).
+    status: str
     detail: dict = field(default_factory=dict)
 
 
@@ -38,6 +41,21 @@ def probe(instance: InstanceSpec, timeout: float = PROBE_TIMEOUT_S) -> Readiness
     if response.status_code == 200:
         return Readiness(True, "ready", body)
     return Readiness(False, str(body.get("status", f"http {response.status_code}")), body)
+
+
+def lb_url(spec: FleetSpec) -> str:
+    """Where this machine reaches the fleet's nginx: a wildcard address is reached on loopback."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(spec.lb_host, spec.lb_host)
+    return f"http://[{host}]:{spec.lb_port}" if ":" in host else f"http://{host}:{spec.lb_port}"
+
+
+def lb_answers(spec: FleetSpec, timeout: float = PROBE_TIMEOUT_S) -> bool:
+    """Whether the fleet's port answers nginx's own /healthz (it needs no instance)."""
+    try:
+        response = httpx.get(lb_url(spec) + "/healthz", timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and response.text == "ok\n"
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -31,6 +31,11 @@ from asrfleet.fleet.spec import FleetSpec
 TEMPLATE_ROOT = Path(__file__).resolve().parent / "templates"
 SUPERVISORD_TEMPLATE = "supervisor/supervisord.conf.j2"
 NGINX_TEMPLATE = "nginx/nginx.conf.j2"
+# nginx retries a port in use for about 2.5 s (5 tries, 0.5 s apart) before it exits. supervisord
+# counts a program up longer than startsecs as started, and restarts a started one forever: nginx
+# must be up longer than its retries to count, so that a port held by another process is a failed
+# start (FATAL after startretries), not a crash loop.
+NGINX_STARTSECS = 5
 
 # A ";" or "#" after whitespace starts an inline comment in supervisord's configparser.
 _INLINE_COMMENT = re.compile(r"(\s)([;#])")
@@ -154,7 +159,12 @@ def template_environment(root: Path = TEMPLATE_ROOT) -> jinja2.Environment:
 
 def render_supervisord(spec: FleetSpec) -> str:
     template = template_environment().get_template(SUPERVISORD_TEMPLATE)
-    return template.render(spec=spec, settings=spec.supervisor, nginx_command=nginx_command(spec))
+    return template.render(
+        spec=spec,
+        settings=spec.supervisor,
+        nginx_program=nginx_program_command(spec),
+        nginx_startsecs=NGINX_STARTSECS,
+    )
 
 
 def render_nginx(spec: FleetSpec) -> str:
@@ -174,8 +184,15 @@ def _relative(spec: FleetSpec, path: Path) -> str:
 
 
 def nginx_command(spec: FleetSpec) -> list[str]:
-    """The argv supervisord runs nginx with; "daemon off;" in nginx.conf keeps it in the foreground."""
+    """The argv of nginx itself; "daemon off;" in nginx.conf keeps it in the foreground."""
     return [spec.nginx_binary, "-p", str(spec.nginx_prefix), "-c", str(spec.nginx_conf), "-e", "stderr"]
+
+
+def nginx_program_command(spec: FleetSpec) -> list[str]:
+    """The argv supervisord runs for nginx: nginx under its guard (asrfleet.fleet.nginx_guard), which
+    ends the workers when their master is gone, so that none keeps the port after a crash."""
+    guard = [spec.python, "-m", "asrfleet.fleet.nginx_guard", "--pid-file", str(spec.nginx_pid_file)]
+    return [*guard, "--", *nginx_command(spec)]
 
 
 def nginx_test_command(spec: FleetSpec, conf_path: Path) -> list[str]:

@@ -8,6 +8,7 @@ supervisord or nginx config later. Nothing here touches the disk: the paths need
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,9 @@ class FleetSpec:
     lb_port: int = DEFAULT_LB_PORT
     proxy_timeout_s: int = DEFAULT_PROXY_TIMEOUT_S
     nginx_binary: str = "nginx"
+    # The interpreter of the fleet's own helpers (nginx's guard): the launcher's. A fleet.json
+    # written before this field existed gets the one reading it.
+    python: str = sys.executable
     # Set only when the launcher runs as root: nginx's workers would otherwise switch to "nobody"
     # and lose access to the run directory (mode 0700). Unprivileged, nginx ignores the directive.
     nginx_user: str | None = None

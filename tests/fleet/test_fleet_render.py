@@ -21,7 +21,9 @@ from supervisor.options import ClientOptions, ServerOptions
 from supervisor.process import Subprocess
 
 from asrfleet.fleet.render import (
+    NGINX_STARTSECS,
     nginx_command,
+    nginx_program_command,
     nginx_test_command,
     render_fleet,
     render_nginx,
@@ -51,7 +53,11 @@ def golden_spec() -> FleetSpec:
         for index in range(2)
     )
     return FleetSpec(
-        run_dir=run_dir, project_dir=project_dir, instances=instances, max_body_bytes=MAX_BODY_BYTES
+        run_dir=run_dir,
+        project_dir=project_dir,
+        instances=instances,
+        max_body_bytes=MAX_BODY_BYTES,
+        python=python,
     )
 
 
@@ -94,6 +100,9 @@ def test_nginx_commands() -> None:
     assert nginx_command(spec) == ["nginx", "-p", prefix, "-c", conf, "-e", "stderr"]
     test = ["nginx", "-t", "-p", prefix, "-c", "/x/t.conf", "-e", "stderr"]
     assert nginx_test_command(spec, Path("/x/t.conf")) == test
+    python = str(spec.project_dir / ".venv" / "bin" / "python")
+    guard = [python, "-m", "asrfleet.fleet.nginx_guard", "--pid-file", str(spec.nginx_pid_file), "--"]
+    assert nginx_program_command(spec) == guard + nginx_command(spec)
 
 
 # ---- supervisord's own parser -------------------------------------------------------------------
@@ -125,6 +134,7 @@ def weird_spec(run_dir: Path, nginx_binary: str = "nginx") -> FleetSpec:
         max_body_bytes=MAX_BODY_BYTES,
         lb_port=18000,
         nginx_binary=nginx_binary,
+        python=str(program),
     )
 
 
@@ -192,10 +202,14 @@ def test_supervisord_nginx_program(parsed) -> None:
     spec, options = parsed
     nginx = programs(options)["nginx"]
     # supervisord's own split (supervisor/process.py); nginx need not be installed for this.
-    assert shlex.split(nginx.command) == nginx_command(spec)
+    assert shlex.split(nginx.command) == nginx_program_command(spec)
     assert nginx.stdout_logfile == str(spec.nginx_access_log)
     assert nginx.stderr_logfile == str(spec.nginx_error_log)
     assert nginx.stopasgroup is True and nginx.killasgroup is True
+    assert nginx.stopsignal == 3  # SIGQUIT, which the guard passes on: nginx's graceful stop
+    # nginx retries a busy port 5 times, 0.5 s apart: a start must outlast that to count.
+    assert nginx.startsecs == NGINX_STARTSECS > 2.5
+    assert nginx.startretries == spec.supervisor.startretries
 
 
 def test_supervisord_stops_instances_before_nginx(parsed) -> None:
