@@ -126,8 +126,11 @@ def _respond(t: Transcript, response_format: str, granularities: list) -> Respon
         return PlainTextResponse(to_srt(t))
     if response_format == "vtt":
         return PlainTextResponse(to_vtt(t), media_type="text/vtt")
+    # Warnings (a repaired recording, say) ride along only when there are any: OpenAI's clients
+    # ignore fields they do not know.
+    extra = {"warnings": list(t.warnings)} if t.warnings else {}
     if response_format == "json":
-        return JSONResponse({"text": t.text})
+        return JSONResponse({"text": t.text, **extra})
     body = {
         "task": "transcribe",
         "language": t.language or "",
@@ -135,6 +138,7 @@ def _respond(t: Transcript, response_format: str, granularities: list) -> Respon
         "text": t.text,
         "model": t.model,
         "segments": [_segment(i, s) for i, s in enumerate(t.sentences)],
+        **extra,
     }
     if "word" in granularities:
         body["words"] = []  # sentence-level timestamps only; words would need the token times

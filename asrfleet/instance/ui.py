@@ -48,6 +48,8 @@ def build_ui(service: TranscriptionService, downloads: Downloads) -> gr.Blocks:
             if not recording:
                 raise gr.Error("Upload or record a recording first.", title="No recording")
             transcript = await _run(service, recording, words)
+            for warning in transcript.warnings:
+                gr.Warning(warning)
             links_to = links_html(downloads.save(transcript), safe_stem(recording))
             return transcript.text, _table(transcript), links_to, transcript.to_dict()
 

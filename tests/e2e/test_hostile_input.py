@@ -196,3 +196,11 @@ def test_the_instance_is_alive_after_it_all(hostile):
     time.sleep(0.5)
     assert hostile.proc.poll() is None
     assert httpx.get(hostile.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_a_recording_with_a_few_nan_samples_is_transcribed_with_a_warning(hostile):
+    samples = media.conversation(media.ZH_SENTENCES[:1]).astype(np.float32)
+    samples[::997] = np.nan
+    response = _post(hostile.url, "nan.wav", _wav(samples.astype("<f4").tobytes(), bits=32, fmt=3))
+    assert response.status_code == 200
+    assert any("not numbers" in w and "replaced by silence" in w for w in response.json()["warnings"])
