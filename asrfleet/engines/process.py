@@ -11,8 +11,9 @@ the GPU. The two talk over one pipe:
 
 The child answers each transcription from its future's callback when the engine has `submit()`
 (the Paraformer engine), else from a thread of its own (the engine batches them either way), and
-exits when the pipe closes, so it never outlives its parent. If the child dies, every request in flight
-fails with a clear error and `wait_died()` returns, so the instance can exit and be restarted.
+exits when the pipe closes. It never outlives its parent, however the parent dies: the kernel kills
+it with its parent (`lifetime.py`), even while it is busy. If the child dies, every request in
+flight fails with a clear error and `wait_died()` returns, so the instance can exit and be restarted.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions, display_name
+from asrfleet.engines.lifetime import die_with_parent, start_tied
 from asrfleet.errors import AsrError, NotReady, first_line, user_message
 from asrfleet.gc_pauses import GcPauses, freeze_loaded
 from asrfleet.logs import configure_logging
@@ -79,10 +82,12 @@ class EngineProcess:
         parent_end, child_end = ctx.Pipe()
         self._process = ctx.Process(
             target=serve_engine,
-            args=(self.config, self.engine_class, child_end),
+            args=(self.config, self.engine_class, child_end, os.getpid()),
             name=f"{self.config.name}-engine",
         )
-        self._process.start()
+        # From a thread that lives as long as the engine, whichever thread calls load(): the
+        # kernel kills the engine when the thread that started it ends (lifetime.py).
+        start_tied(self._process)
         child_end.close()
         self._conn = parent_end
         try:
@@ -199,8 +204,11 @@ class EngineProcess:
 # -- the child ---------------------------------------------------------------------------------------
 
 
-def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection) -> None:
+def serve_engine(config: InstanceConfig, engine_class: str, conn: Connection, parent_pid: int) -> None:
     """The engine process: load, then answer calls until the pipe closes or "close" arrives."""
+    # First: from here on the parent may die at any moment, SIGKILL included, and this process
+    # must not outlive it, whatever it is doing then.
+    die_with_parent(parent_pid)
     configure_logging(f"{config.name}-engine")
     # The web process stops us itself, once its requests are done: a signal to the whole process
     # group (supervisord's stopasgroup) must not kill the engine under a request that is finishing.

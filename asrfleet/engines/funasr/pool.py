@@ -5,7 +5,8 @@ always knows which job a worker holds. Workers stream what they prepare back on 
 queue, tagged with the job's attempt (`segments.Attempt`). When a worker dies (FFmpeg crashing on
 a hostile file, the OOM killer), the parent starts a new one and retries its job once, as the next
 attempt, so the dead worker's messages are dropped; a job that kills a worker twice fails with a
-clear error, and no other job is lost.
+clear error, and no other job is lost. Workers die with the process that started them, however it
+dies, even in the middle of a file (`lifetime.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
-import queue
 import signal
 import threading
 import traceback
@@ -26,6 +26,7 @@ from pathlib import Path
 
 from asrfleet.engines.funasr.prepare import Preparer, PrepareSettings
 from asrfleet.engines.funasr.segments import Attempt, Features, Segmented
+from asrfleet.engines.lifetime import die_with_parent, start_tied
 from asrfleet.errors import AsrError, BadAudio
 from asrfleet.gc_pauses import freeze_loaded
 
@@ -53,8 +54,13 @@ Message = Segmented | Features | Failed | Retrying
 WORKER_NICENESS = 5
 
 
-def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int) -> None:
+def _worker_main(
+    settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, worker_id: int, parent_pid: int
+) -> None:
     """Entry point of a worker process: load once, then prepare files until told to stop."""
+    # First, since we ignore SIGTERM: a worker left behind by a killed engine holds hundreds of
+    # megabytes, and nothing else ends one that is busy with a file when the engine dies.
+    die_with_parent(parent_pid)
     logging.basicConfig(level=logging.WARNING, format=f"[prepare-{worker_id}] %(levelname)s %(message)s")
     # The parent stops its workers itself, after its own requests; a signal to the whole process
     # group (supervisord's stopasgroup) must not kill them under a request that is finishing.
@@ -63,17 +69,11 @@ def _worker_main(settings: PrepareSettings, tasks: mp.Queue, results: mp.Queue, 
     # Below the web server and the GPU thread: where CPUs are short (a fleet on one host), a burst
     # of decoding must not keep them waiting, since they serve every request already prepared.
     os.nice(WORKER_NICENESS)
-    parent = os.getppid()
     preparer = Preparer(settings)
     freeze_loaded()  # a full collection over torch's objects would stall this worker's requests
     results.put(("ready", worker_id, None, None))
     while True:
-        try:
-            task = tasks.get(timeout=1.0)
-        except queue.Empty:
-            if os.getppid() != parent:  # orphaned: the instance was killed
-                return
-            continue
+        task = tasks.get()
         if task is None:
             return
         attempt, path = task
@@ -162,11 +162,13 @@ class PreparePool:
         tasks: mp.Queue = self._ctx.Queue()
         proc = self._ctx.Process(
             target=_worker_main,
-            args=(self.settings, tasks, self._results, worker_id),
+            args=(self.settings, tasks, self._results, worker_id, os.getpid()),
             name=f"prepare-{worker_id}",
             daemon=True,
         )
-        proc.start()
+        # Replacements start from the watcher thread, which ends at close() or on a bug: each
+        # worker gets a thread that lives as long as it does instead (lifetime.py).
+        start_tied(proc)
         self._procs[worker_id] = proc
         self._task_queues[worker_id] = tasks
 
