@@ -18,7 +18,7 @@ import media
 from asrfleet.batch.journal import JOURNAL
 from asrfleet.fleet import state
 from asrfleet.fleet.control import Supervisor
-from procs import REPO
+from procs import REPO, wait_http
 
 pytestmark = pytest.mark.e2e
 
@@ -139,6 +139,8 @@ def test_several_fleets_at_once(fleet, tmp_path):
     inputs = tmp_path / "in"
     make_folder(inputs, 8, formats=("mp3",))
     urls = [f"http://127.0.0.1:{fleet['base_port']}", f"http://127.0.0.1:{fleet['base_port'] + 1}"]
+    for url in urls:  # an instance killed by a test before may still be loading (refusing connects)
+        wait_http(url + "/readyz", 120)
     proc = batch(
         str(inputs), "--out", str(tmp_path / "out"), "--url", urls[0], "--url", urls[1], "--formats", "json"
     )
