@@ -6,6 +6,7 @@ Nothing binary is committed: every test makes the files it needs in its temp dir
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 import tempfile
 from fractions import Fraction
@@ -164,3 +165,28 @@ def _encode_audio(out, stream, samples: np.ndarray, fmt: str, rate: int, channel
             out.mux(packet)
     for packet in stream.encode(None):
         out.mux(packet)
+
+
+def wav_bytes(
+    samples: bytes,
+    rate: int = RATE,
+    channels: int = 1,
+    bits: int = 16,
+    fmt: int = 1,
+    data_size: int | None = None,
+) -> bytes:
+    """A WAV built byte by byte, so that its header can say anything (fields too large for their
+    width wrap, as a hostile writer's would)."""
+    size = len(samples) if data_size is None else data_size
+    block = channels * bits // 8
+    header = struct.pack("<4sI4s", b"RIFF", (36 + size) & 0xFFFFFFFF, b"WAVE")
+    fields = (fmt, channels, rate, (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
+    header += struct.pack("<4sIHHIIHH", b"fmt ", 16, *fields)
+    return header + struct.pack("<4sI", b"data", size) + samples
+
+
+def noise_bursts(minutes: int) -> np.ndarray:
+    """Bursts of noise (1 s) between pauses (0.5 s): minutes of work for the VAD and the decoder."""
+    rng = np.random.default_rng(0)
+    burst = np.concatenate([rng.uniform(-0.3, 0.3, RATE), silence(0.5)])
+    return np.tile(burst, minutes * 40).astype(np.float32)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from asrfleet.processes import stop_group
+from asrfleet.processes import cpu_seconds, stop_group
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -112,3 +112,12 @@ def launcher_engine_args(instance_args: list[str]) -> list[str]:
         if arg not in skip:
             keep += [arg, value]
     return keep
+
+
+def wait_busy(idle: dict[int, float], cpu_s: float = 0.2) -> None:
+    """Until one of the workers (pid: its CPU seconds while idle) has used `cpu_s` more: it is
+    preparing the file. Counted in CPU time, not wall time: a loaded host runs it slower."""
+    deadline = time.monotonic() + 60
+    while not any(cpu_seconds(pid) - before >= cpu_s for pid, before in idle.items()):
+        assert time.monotonic() < deadline, "no audio worker got busy with the file"
+        time.sleep(0.05)

@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import numpy as np
 import pytest
 
 import media
@@ -21,7 +20,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_a_killed_engine_takes_its_busy_audio_workers_with_it(paraformer_args, tmp_path):
-    long = media.write_audio(tmp_path / "long.wav", noise_bursts(minutes=10))
+    long = media.write_audio(tmp_path / "long.wav", media.noise_bursts(minutes=10))
     with procs.instance(paraformer_args, tmp_path) as instance:
         engine = httpx.get(instance.url + "/stats", timeout=10).json()["engine"]["engine_pid"]
         workers = descendants(engine)
@@ -30,7 +29,7 @@ def test_a_killed_engine_takes_its_busy_audio_workers_with_it(paraformer_args, t
             assert workers and set(workers) < set(tree)
             idle = {pid: cpu_seconds(pid) for pid in workers}
             threading.Thread(target=post, args=(instance.url, long), daemon=True).start()
-            wait_busy(idle)
+            procs.wait_busy(idle)
             os.kill(engine, signal.SIGKILL)
             killed = time.monotonic()
             wait_gone(workers, killed + 5)
@@ -47,12 +46,6 @@ def wait_gone(pids: list[int], deadline: float) -> None:
         time.sleep(0.05)
 
 
-def noise_bursts(minutes: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    burst = np.concatenate([rng.uniform(-0.3, 0.3, media.RATE), media.silence(0.5)])
-    return np.tile(burst, minutes * 40).astype(np.float32)
-
-
 def post(url: str, path) -> None:
     """Upload `path` for transcription; the engine is killed under it, so any answer will do."""
     try:
@@ -60,12 +53,3 @@ def post(url: str, path) -> None:
             httpx.post(url + "/v1/audio/transcriptions", files={"file": f}, data={"model": "x"}, timeout=120)
     except httpx.HTTPError:
         pass
-
-
-def wait_busy(idle: dict[int, float], cpu_s: float = 0.2) -> None:
-    """Until one of the workers (pid: its CPU seconds while idle) has used `cpu_s` more: it is
-    preparing the file. Counted in CPU time, not wall time: a loaded host runs it slower."""
-    deadline = time.monotonic() + 60
-    while not any(cpu_seconds(pid) - before >= cpu_s for pid, before in idle.items()):
-        assert time.monotonic() < deadline, "no audio worker got busy with the file"
-        time.sleep(0.05)

@@ -5,7 +5,6 @@ stays alive; the next good request is answered right; nothing is left in its tem
 from __future__ import annotations
 
 import gzip
-import struct
 import time
 from pathlib import Path
 
@@ -46,17 +45,6 @@ def _post(url: str, name: str, data: bytes, **extra) -> httpx.Response:
     return httpx.post(url + "/v1/audio/transcriptions", files={"file": (name, data)}, timeout=60, **extra)
 
 
-def _wav(
-    samples: bytes, rate: int = 16000, channels: int = 1, bits: int = 16, fmt: int = 1, size=None
-) -> bytes:
-    block = max(1, channels * bits // 8)
-    data_size = len(samples) if size is None else size
-    header = struct.pack("<4sI4s", b"RIFF", (36 + data_size) & 0xFFFFFFFF, b"WAVE")
-    fields = (fmt, channels, rate, (rate * block) & 0xFFFFFFFF, block & 0xFFFF, bits)
-    header += struct.pack("<4sIHHIIHH", b"fmt ", 16, *fields)
-    return header + struct.pack("<4sI", b"data", data_size) + samples
-
-
 def _tone(seconds: float = 1.0) -> np.ndarray:
     return (0.3 * np.sin(np.arange(int(16000 * seconds)) / 3)).astype(np.float32)
 
@@ -81,22 +69,22 @@ def corpus(folder: Path) -> list[tuple[str, bytes]]:
         ("flac-header.flac", b"fLaC" + rng.bytes(500)),
     ]
     for rate in (0, 1, 100, 3999, 400000, 2**31 - 1):
-        files.append((f"rate-{rate}.wav", _wav(pcm, rate=rate)))
+        files.append((f"rate-{rate}.wav", media.wav_bytes(pcm, rate=rate)))
     for channels in (0, 33, 1000, 65535):
-        files.append((f"channels-{channels}.wav", _wav(pcm, channels=channels)))
+        files.append((f"channels-{channels}.wav", media.wav_bytes(pcm, channels=channels)))
     for bits in (0, 1, 7, 12, 64, 65535):
-        files.append((f"bits-{bits}.wav", _wav(pcm, bits=bits)))
+        files.append((f"bits-{bits}.wav", media.wav_bytes(pcm, bits=bits)))
     for fmt in (0, 2, 0x11, 0xFFFE, 0x1234):
-        files.append((f"format-{fmt}.wav", _wav(pcm, fmt=fmt)))
+        files.append((f"format-{fmt}.wav", media.wav_bytes(pcm, fmt=fmt)))
     for size in (0, 1, 2**31, 0xFFFFFFFE):
-        files.append((f"data-size-{size}.wav", _wav(pcm, size=size)))
+        files.append((f"data-size-{size}.wav", media.wav_bytes(pcm, data_size=size)))
     for value, label in ((np.nan, "nan"), (np.inf, "inf"), (-np.inf, "-inf"), (1e38, "huge")):
         samples = _tone()
         samples[::997] = value
-        files.append((f"float-{label}.wav", _wav(samples.astype("<f4").tobytes(), bits=32, fmt=3)))
+        files.append((f"float-{label}.wav", media.wav_bytes(samples.astype("<f4").tobytes(), bits=32, fmt=3)))
     for count in (1, 80, 160):
-        files.append((f"short-{count}.wav", _wav(pcm[: 2 * count])))
-    files.append(("silence.wav", _wav(bytes(len(pcm)))))
+        files.append((f"short-{count}.wav", media.wav_bytes(pcm[: 2 * count])))
+    files.append(("silence.wav", media.wav_bytes(bytes(len(pcm)))))
     for suffix in ("mp3", "flac", "ogg", "m4a"):
         encoded = media.write_format(folder, media.conversation(media.ZH_SENTENCES[:1]), suffix).read_bytes()
         for cut in (0.05, 0.5):
@@ -106,7 +94,7 @@ def corpus(folder: Path) -> list[tuple[str, bytes]]:
             flipped[i] ^= 0xFF
         files.append((f"flipped.{suffix}", bytes(flipped)))
         files.append((f"misnamed-{suffix}.wav", encoded))
-    files.append(("too-big.wav", _wav(bytes(5 * 2**20))))
+    files.append(("too-big.wav", media.wav_bytes(bytes(5 * 2**20))))
     names = [
         "nul\x00name.wav",
         "../../etc/passwd",
@@ -120,7 +108,7 @@ def corpus(folder: Path) -> list[tuple[str, bytes]]:
         "x.\x01\x02",
         "spaces   .wav",
     ]
-    files += [(name, _wav(pcm)) for name in names]
+    files += [(name, media.wav_bytes(pcm)) for name in names]
     assert len(files) >= 60
     return files
 
@@ -201,6 +189,6 @@ def test_the_instance_is_alive_after_it_all(hostile):
 def test_a_recording_with_a_few_nan_samples_is_transcribed_with_a_warning(hostile):
     samples = media.conversation(media.ZH_SENTENCES[:1]).astype(np.float32)
     samples[::997] = np.nan
-    response = _post(hostile.url, "nan.wav", _wav(samples.astype("<f4").tobytes(), bits=32, fmt=3))
+    response = _post(hostile.url, "nan.wav", media.wav_bytes(samples.astype("<f4").tobytes(), bits=32, fmt=3))
     assert response.status_code == 200
     assert any("not numbers" in w and "replaced by silence" in w for w in response.json()["warnings"])

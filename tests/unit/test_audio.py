@@ -145,11 +145,7 @@ def test_a_tag_in_another_encoding_does_not_fail_the_file(tmp_path, speech):
 
 
 def _wav(path, samples: bytes, rate: int = 16000, channels: int = 1, bits: int = 16, fmt: int = 1):
-    """A WAV written byte by byte, so that its header can say anything."""
-    block = channels * bits // 8
-    header = struct.pack("<4sI4s", b"RIFF", 36 + len(samples), b"WAVE")
-    header += struct.pack("<4sIHHIIHH", b"fmt ", 16, fmt, channels, rate, rate * block, block, bits)
-    path.write_bytes(header + struct.pack("<4sI", b"data", len(samples)) + samples)
+    path.write_bytes(media.wav_bytes(samples, rate, channels, bits, fmt))
     return path
 
 

@@ -14,10 +14,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import media
+import procs
 from asrfleet.config import InstanceConfig
 from asrfleet.engines.base import TranscribeOptions
 from asrfleet.engines.lifetime import EXIT_ORPHANED
@@ -197,13 +197,7 @@ sys.stdin.readline()
 def long_recording(tmp_path_factory) -> Path:
     """20 minutes of noise bursts: seconds of CPU time for a worker to decode and cut, most of
     it before the first message (the segments) goes back."""
-    return media.write_audio(tmp_path_factory.mktemp("long") / "long.wav", noise_bursts(minutes=20))
-
-
-def noise_bursts(minutes: int) -> np.ndarray:
-    rng = np.random.default_rng(0)
-    burst = np.concatenate([rng.uniform(-0.3, 0.3, media.RATE), media.silence(0.5)])
-    return np.tile(burst, minutes * 40).astype(np.float32)
+    return media.write_audio(tmp_path_factory.mktemp("long") / "long.wav", media.noise_bursts(minutes=20))
 
 
 def test_busy_audio_workers_die_with_their_engine(start_parent, model_dirs, vad_dir, long_recording):
@@ -217,15 +211,6 @@ def test_busy_audio_workers_die_with_their_engine(start_parent, model_dirs, vad_
     idle = {pid: cpu_seconds(pid) for pid in workers}
     parent.stdin.write(f"{long_recording}\n")
     parent.stdin.flush()
-    wait_busy(idle)
+    procs.wait_busy(idle)
     assert seconds_until_gone(tree, kill(parent)) < 3.0
     assert "got" not in parent.stdout.read()  # killed in the middle of the file: nothing came back
-
-
-def wait_busy(idle: dict[int, float], cpu_s: float = 0.2) -> None:
-    """Until one of the workers (pid: its CPU seconds while idle) has used `cpu_s` more: it is
-    preparing the file. Counted in CPU time, not wall time: a loaded host runs it slower."""
-    deadline = time.monotonic() + 60
-    while not any(cpu_seconds(pid) - before >= cpu_s for pid, before in idle.items()):
-        assert time.monotonic() < deadline, "no audio worker got busy with the file"
-        time.sleep(0.05)
